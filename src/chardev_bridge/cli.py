@@ -1,0 +1,231 @@
+"""The ``chardev-bridge`` command: argument parsing over :func:`run_bridge`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from chardev_bridge import __version__
+from chardev_bridge.bridge import BridgeReady, run_bridge
+from chardev_bridge.config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_RECONNECT_MAX,
+    BridgeConfig,
+)
+from chardev_bridge.local import LocalSpec, parse_local_spec
+from chardev_bridge.tlspolicy import CredentialError
+
+log = logging.getLogger("chardev_bridge")
+
+_EPILOG = """\
+examples:
+  chardev-bridge --server --tls-creds /etc/pki/qemu
+      listen on localhost:9000 with TLS; the local end is a new pty (its path is printed)
+  chardev-bridge --host vmhost --port 9000 --tls-creds ~/qemu-client --link ~/vm-console
+      connect to a QEMU TLS chardev (server=on) and expose it as a pty, linked at ~/vm-console
+  chardev-bridge creds init ./pki
+      make a CA, server and client credential directories in QEMU's layout
+
+The TLS role follows the TCP role unless --tls-endpoint says otherwise, as in QEMU.
+"""
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
+
+
+def _local_spec(text: str) -> LocalSpec:
+    try:
+        return parse_local_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; the option spellings are a documented contract."""
+    p = argparse.ArgumentParser(
+        prog="chardev-bridge",
+        description=(
+            "Carry a character device's byte stream between a local end (a pty by default)"
+            " and a remote TCP peer, optionally over TLS with QEMU tls-creds-x509 directories."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    net = p.add_argument_group("remote connection")
+    net.add_argument(
+        "--server", action="store_true", help="listen for the remote peer (TCP server)"
+    )
+    net.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on or connect to: IPv4, IPv6 or a name (default {DEFAULT_HOST})",
+    )
+    net.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
+    )
+    net.add_argument(
+        "--reconnect",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="connecting bridge: retry after failures and disconnects, first after SECONDS",
+    )
+    net.add_argument(
+        "--reconnect-max",
+        type=_positive_float,
+        default=DEFAULT_RECONNECT_MAX,
+        metavar="SECONDS",
+        help=f"longest delay between retries (default {DEFAULT_RECONNECT_MAX:g})",
+    )
+    net.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a peer that has not finished its TLS handshake by then"
+        f" (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-creds",
+        type=Path,
+        metavar="DIR",
+        help="QEMU tls-creds-x509 directory (ca-cert.pem, server-*.pem or client-*.pem, ...);"
+        " without it the connection is plain TCP",
+    )
+    tls.add_argument(
+        "--tls-endpoint",
+        choices=("server", "client"),
+        help="TLS role (default: server with --server, else client)",
+    )
+    tls.add_argument(
+        "--no-verify-peer",
+        dest="verify_peer",
+        action="store_false",
+        help="do not verify the peer's certificate (QEMU verify-peer=off)",
+    )
+    tls.add_argument(
+        "--tls-hostname",
+        metavar="NAME",
+        help="name the server certificate must carry (TLS client; default: --host)",
+    )
+    tls.add_argument(
+        "--tls-key-password-file",
+        type=Path,
+        metavar="FILE",
+        help="password for an encrypted private key (QEMU passwordid)",
+    )
+    loc = p.add_argument_group("local end")
+    loc.add_argument(
+        "--local",
+        type=_local_spec,
+        default=LocalSpec("pty"),
+        metavar="SPEC",
+        help="pty (default), tty:PATH, unix:PATH, unix-listen:PATH, tcp:HOST:PORT,"
+        " tcp-listen:HOST:PORT, stdio",
+    )
+    loc.add_argument("--link", type=Path, metavar="PATH", help="symlink PATH to the new pty")
+    out = p.add_argument_group("output")
+    out.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    out.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    out.add_argument("--version", action="version", version=f"chardev-bridge {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BridgeConfig:
+    """Turn parsed arguments into the library's configuration."""
+    return BridgeConfig(
+        listen=args.server,
+        host=args.host,
+        port=args.port,
+        local=args.local,
+        link=args.link,
+        tls_creds=args.tls_creds,
+        tls_endpoint=args.tls_endpoint,
+        verify_peer=args.verify_peer,
+        tls_hostname=args.tls_hostname,
+        key_password_file=args.tls_key_password_file,
+        reconnect=args.reconnect,
+        reconnect_max=args.reconnect_max,
+        handshake_timeout=args.handshake_timeout,
+    )
+
+
+class _AnnounceReady:
+    """Receives ``run_bridge``'s ready signal and prints the pty path on stdout."""
+
+    def started(self, value: BridgeReady | None = None) -> None:
+        if value is not None and value.pty_path:
+            # Scripts wait for this line, and stdout may be a pipe: flush it now.
+            print(f"pty: {value.pty_path}", flush=True)
+
+
+async def _run(cfg: BridgeConfig) -> int:
+    result = 0
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            async def bridge() -> None:
+                nonlocal result
+                result = await run_bridge(cfg, task_status=_AnnounceReady())
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(bridge)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chardev-bridge``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["creds"]:
+        from chardev_bridge.creds_cli import main as creds_main
+
+        return creds_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.link is not None and args.local.kind != "pty":
+        parser.error("--link only applies to --local pty")
+    if args.reconnect is not None and args.server:
+        parser.error("--reconnect applies to a connecting bridge, not --server")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s chardev-bridge: %(message)s", stream=sys.stderr
+    )
+    try:
+        return trio.run(_run, config_from_args(args))
+    except (CredentialError, OSError, BaseExceptionGroup) as exc:
+        # Start-up failures (bad credentials, port in use, no such tty) get one line each.
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, CredentialError | OSError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            log.error("%s", leaf)
+        return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

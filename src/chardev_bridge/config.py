@@ -1,0 +1,43 @@
+"""The bridge's configuration, as the library API takes it (the CLI only fills it in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chardev_bridge.local import LocalSpec
+from chardev_bridge.tlspolicy import Endpoint
+
+#: The port QEMU's documentation uses in its TLS chardev examples.
+DEFAULT_PORT = 9000
+DEFAULT_HOST = "localhost"
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_RECONNECT_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Everything one bridge needs; see ``chardev-bridge --help`` for each field's meaning."""
+
+    listen: bool = False
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    local: LocalSpec = field(default_factory=lambda: LocalSpec("pty"))
+    link: Path | None = None
+    tls_creds: Path | None = None
+    # None: the TLS role follows the TCP role (server when listening), as QEMU defaults.
+    tls_endpoint: Endpoint | None = None
+    verify_peer: bool = True
+    tls_hostname: str | None = None
+    key_password_file: Path | None = None
+    # Seconds before the first retry of a connecting bridge; None: exit instead of retrying.
+    reconnect: float | None = None
+    reconnect_max: float = DEFAULT_RECONNECT_MAX
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The TLS role actually used."""
+        if self.tls_endpoint is not None:
+            return self.tls_endpoint
+        return "server" if self.listen else "client"

@@ -1,0 +1,115 @@
+"""Local ends: where the bridge's bytes come from and go to on this machine.
+
+``--local SPEC`` is parsed here; each kind lives in its own module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from chardev_bridge.local.base import LocalEnd
+from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.local.sockets import (
+    TcpConnectEnd,
+    TcpListenEnd,
+    UnixConnectEnd,
+    UnixListenEnd,
+)
+from chardev_bridge.local.stdio import StdioEnd
+from chardev_bridge.local.tty import TtyEnd
+
+__all__ = ["LocalEnd", "LocalSpec", "open_local_end", "parse_hostport", "parse_local_spec"]
+
+LocalKind = Literal["pty", "tty", "unix", "unix-listen", "tcp", "tcp-listen", "stdio"]
+LOCAL_KINDS: tuple[str, ...] = get_args(LocalKind)
+
+
+class LocalSpecError(ValueError):
+    """A ``--local`` value that cannot be understood; the message says why."""
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """A parsed ``--local`` value."""
+
+    kind: LocalKind
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind in ("pty", "stdio"):
+            return self.kind
+        if self.kind in ("tcp", "tcp-listen"):
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{self.kind}:{host}:{self.port}"
+        return f"{self.kind}:{self.path}"
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6 literals) into host and port."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise LocalSpecError(f"{text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise LocalSpecError(f"{text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise LocalSpecError(f"{text!r}: write IPv6 addresses in brackets, [::1]:PORT")
+    if not host:
+        raise LocalSpecError(f"{text!r}: the host is empty")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise LocalSpecError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def parse_local_spec(text: str) -> LocalSpec:
+    """Parse a ``--local`` value.
+
+    ``pty``, ``stdio``, ``tty:PATH``, ``unix[-listen]:PATH`` or ``tcp[-listen]:HOST:PORT``.
+    """
+    kind, sep, arg = text.partition(":")
+    if kind not in LOCAL_KINDS:
+        raise LocalSpecError(
+            f"unknown local end {text!r}; expected one of {', '.join(LOCAL_KINDS)}"
+        )
+    if kind in ("pty", "stdio"):
+        if sep:
+            raise LocalSpecError(f"{text!r}: {kind} takes no argument")
+        return LocalSpec(kind)  # type: ignore[arg-type]
+    if not arg:
+        what = "HOST:PORT" if kind.startswith("tcp") else "PATH"
+        raise LocalSpecError(f"{text!r}: expected {kind}:{what}")
+    if kind in ("tcp", "tcp-listen"):
+        host, port = parse_hostport(arg)
+        if kind == "tcp" and port == 0:
+            raise LocalSpecError(f"{text!r}: cannot connect to port 0")
+        return LocalSpec(kind, host=host, port=port)  # type: ignore[arg-type]
+    return LocalSpec(kind, path=arg)  # type: ignore[arg-type]
+
+
+def open_local_end(spec: LocalSpec, *, link: Path | None = None) -> LocalEnd:
+    """Make the (not yet started) local end for ``spec``."""
+    if link is not None and spec.kind != "pty":
+        raise LocalSpecError("--link only applies to --local pty")
+    match spec.kind:
+        case "pty":
+            return PtyEnd(link)
+        case "tty":
+            return TtyEnd(spec.path)
+        case "stdio":
+            return StdioEnd()
+        case "tcp":
+            return TcpConnectEnd(spec.host, spec.port)
+        case "tcp-listen":
+            return TcpListenEnd(spec.host, spec.port)
+        case "unix":
+            return UnixConnectEnd(spec.path)
+        case "unix-listen":
+            return UnixListenEnd(spec.path)
+    raise AssertionError(spec.kind)

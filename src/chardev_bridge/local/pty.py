@@ -1,0 +1,109 @@
+"""A new pseudo-terminal as the local end, like QEMU's ``-chardev pty``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from chardev_bridge.local.base import LocalEnd
+from chardev_bridge.local.termios_raw import is_raw, make_raw
+
+log = logging.getLogger("chardev_bridge")
+
+# How often at most to check that a client has not switched the pty out of raw mode.
+_RAW_CHECK_INTERVAL = 1.0
+
+
+class PtyEnd(LocalEnd, trio.abc.Stream):
+    """The master side of a fresh pty; applications open the slave (``path``).
+
+    The bridge keeps a slave fd open itself. Without one, the master reads EIO and polls
+    POLLHUP whenever no application has the slave open, so a read loop would spin; with it,
+    the pty behaves like a serial line that is always there: bytes written while nobody reads
+    wait in the line discipline (and writes block once it is full: back-pressure), and the
+    path stays valid across any number of remote sessions.
+    """
+
+    persistent = True
+
+    def __init__(self, link: Path | None = None) -> None:
+        self.link = link
+        self.path = ""
+        self._master = -1
+        self._slave = -1
+        self._stream: trio.lowlevel.FdStream | None = None
+        self._next_raw_check = 0.0
+
+    async def start(self) -> None:
+        """Create the pty in raw mode and the optional symlink to it."""
+        self._master, self._slave = os.openpty()
+        self.path = os.ttyname(self._slave)
+        make_raw(self._slave)
+        self._stream = trio.lowlevel.FdStream(self._master)
+        if self.link is not None:
+            _replace_symlink(self.link, self.path)
+        await trio.lowlevel.checkpoint()
+
+    async def next_stream(self) -> trio.abc.Stream:
+        """The pty itself: the same stream for every session."""
+        await trio.lowlevel.checkpoint()
+        return self
+
+    def describe(self) -> str:
+        """``pty /dev/pts/N`` (and its link)."""
+        return f"pty {self.path}" + (f" (link {self.link})" if self.link else "")
+
+    def _keep_raw(self) -> None:
+        # Termios settings persist across slave opens, so a client (or `stty sane`) can
+        # leave the pty cooked, which would echo and mangle CR/LF. Re-assert, cheaply.
+        now = trio.current_time()
+        if now < self._next_raw_check:
+            return
+        self._next_raw_check = now + _RAW_CHECK_INTERVAL
+        if not is_raw(self._slave):
+            make_raw(self._slave)
+            log.warning("pty %s had been taken out of raw mode; raw mode restored", self.path)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Bytes an application wrote to the slave."""
+        assert self._stream is not None
+        data = await self._stream.receive_some(max_bytes)
+        self._keep_raw()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Deliver bytes to the application; blocks while nobody reads and the pty is full."""
+        assert self._stream is not None
+        self._keep_raw()
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the pty can take more bytes."""
+        assert self._stream is not None
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Close both sides of the pty and remove the link."""
+        if self.link is not None and self.link.is_symlink():
+            self.link.unlink()
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+        if self._slave >= 0:
+            os.close(self._slave)
+            self._slave = -1
+        await trio.lowlevel.checkpoint()
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    """Point ``link`` at ``target``; a stale symlink is replaced, anything else refused."""
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"--link {link}: exists and is not a symlink; not replacing it")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

@@ -1,0 +1,84 @@
+"""The remote end: a TCP connection, made or accepted, with TLS on top when configured."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from chardev_bridge.tlspolicy import PeerCert, describe_peer_cert
+from chardev_bridge.tlsstream import TLSHandshakeError, TLSSessionInfo, TLSStream
+
+
+@dataclass(frozen=True)
+class TLSSetup:
+    """How TLS is run on remote connections (role independent of who listens on TCP)."""
+
+    context: ssl.SSLContext
+    server_side: bool
+    # The name the server certificate must carry (TLS client only; None for a TLS server).
+    server_hostname: str | None
+
+
+@dataclass
+class RemoteSession:
+    """A connected remote peer, ready to carry bytes."""
+
+    stream: trio.abc.Stream
+    peer: str
+    tls: TLSSessionInfo | None = None
+    peer_cert: PeerCert | None = None
+
+    def describe(self) -> str:
+        """``TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=...`` or ``plain TCP``."""
+        if self.tls is None:
+            return "plain TCP"
+        subject = self.peer_cert.dn if self.peer_cert else "no certificate"
+        return f"{self.tls.version} {self.tls.cipher}, peer certificate {subject!r}"
+
+    @property
+    def ragged_eof(self) -> bool:
+        """Whether the peer closed TCP without a TLS close_notify."""
+        return isinstance(self.stream, TLSStream) and self.stream.ragged_eof
+
+
+def peer_name(stream: trio.SocketStream) -> str:
+    """``host:port`` of the far end of a TCP stream (``[v6]:port`` for IPv6)."""
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tune_socket(stream: trio.SocketStream) -> None:
+    """Keepalive so that a vanished peer is noticed; no Nagle delay for interactive bytes."""
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def start_session(
+    tcp: trio.SocketStream, tls: TLSSetup | None, *, handshake_timeout: float
+) -> RemoteSession:
+    """Run the TLS handshake (if any) on a fresh TCP connection.
+
+    Raises :class:`TLSHandshakeError` (cause attached) or ``trio.TooSlowError``; the TCP
+    connection is closed in either case.
+    """
+    tune_socket(tcp)
+    peer = peer_name(tcp)
+    if tls is None:
+        return RemoteSession(tcp, peer)
+    stream = TLSStream(
+        tcp, tls.context, server_side=tls.server_side, server_hostname=tls.server_hostname
+    )
+    try:
+        with trio.fail_after(handshake_timeout):
+            info = await stream.do_handshake()
+    except (TLSHandshakeError, trio.TooSlowError):
+        await trio.aclose_forcefully(tcp)
+        raise
+    return RemoteSession(stream, peer, info, describe_peer_cert(info.peer_cert_der))

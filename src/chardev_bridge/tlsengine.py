@@ -1,0 +1,147 @@
+"""A sans-IO TLS record engine over ``ssl.SSLObject`` and two ``MemoryBIO``s.
+
+It never touches a socket: feed it the ciphertext that arrived, take the plaintext it yields
+and the ciphertext it wants sent. That keeps the TLS state machine testable without I/O and
+lets the trio wrapper (:mod:`chardev_bridge.tlsstream`) do what ``trio.SSLStream`` cannot:
+drain every decrypted record per read, half-close (close_notify, then keep reading), and flush
+the alert of a failed handshake before the connection is dropped.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+# Upper bound on plaintext drained per read: big enough that a bulk transfer makes one
+# wake-up per TCP read, small enough that memory stays bounded under back-pressure.
+_READ_CHUNK = 256 * 1024
+
+
+class TLSEngine:
+    """TLS state for one connection, driven entirely by the caller."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+        )
+        self.handshake_done = False
+        self.close_notify_sent = False
+        self.close_notify_received = False
+        # True when the transport ended without the peer's close_notify (QEMU always does so).
+        self.ragged_eof = False
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The underlying ``SSLObject``, for peer certificate, version and cipher queries."""
+        return self._ssl
+
+    def receive_ciphertext(self, data: bytes | bytearray) -> None:
+        """Feed bytes that arrived from the transport."""
+        self._incoming.write(data)
+
+    def receive_transport_eof(self) -> None:
+        """Tell the engine that the transport will deliver nothing more."""
+        self._incoming.write_eof()
+
+    def data_to_send(self) -> bytes:
+        """Take all ciphertext (records, alerts, close_notify) waiting to go out."""
+        return self._outgoing.read()
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return anything."""
+        return self._outgoing.pending > 0
+
+    def do_handshake(self) -> bool:
+        """Advance the handshake; True once complete, False when more input is needed.
+
+        Raises ``ssl.SSLError`` when the handshake fails; the alert telling the peer why is
+        then waiting in :meth:`data_to_send` and should be flushed before closing.
+        """
+        if self.handshake_done:
+            return True
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._incoming.eof:
+                raise ssl.SSLEOFError(
+                    ssl.SSL_ERROR_EOF, "EOF occurred during the TLS handshake"
+                ) from None
+            return False
+        self.handshake_done = True
+        return True
+
+    def read_plaintext(self, max_bytes: int = _READ_CHUNK) -> bytes | None:
+        """Decrypt every complete record already fed, up to ``max_bytes``.
+
+        Returns the plaintext (possibly several records joined), ``b""`` at end of stream
+        (close_notify, or a transport EOF, which sets :attr:`ragged_eof`), or ``None`` when
+        more ciphertext is needed before anything can be returned.
+        """
+        parts: list[bytes] = []
+        size = 0
+        while size < max_bytes:
+            try:
+                chunk = self._ssl.read(max_bytes - size)
+            except ssl.SSLWantReadError:
+                if self._incoming.eof and not parts:
+                    self.ragged_eof = True
+                    return b""
+                break
+            except ssl.SSLZeroReturnError:
+                self.close_notify_received = True
+                break
+            except ssl.SSLEOFError:
+                self.ragged_eof = True
+                break
+            if not chunk:
+                # Python's SSLObject.read returns b"" for a clean close with suppress_ragged_eofs.
+                self.close_notify_received = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        if parts:
+            return b"".join(parts)
+        if self.close_notify_received or self.ragged_eof:
+            return b""
+        return None
+
+    def write_plaintext(self, data: bytes | bytearray | memoryview, *, split_last: bool) -> None:
+        """Encrypt ``data`` into records waiting in :meth:`data_to_send`.
+
+        With ``split_last`` the last byte travels in a record of its own. QEMU 7.2 only polls
+        the socket, so bytes gnutls has decrypted but QEMU has not consumed wait for the next
+        record; a trailing one-byte record makes QEMU drain the whole burst now.
+        """
+        view = memoryview(data)
+        if split_last and len(view) > 1:
+            self._write_all(view[:-1])
+            self._write_all(view[-1:])
+        else:
+            self._write_all(view)
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            written = self._ssl.write(view)
+            view = view[written:]
+
+    def send_close_notify(self) -> None:
+        """Queue our close_notify (TLS half-close); reading stays possible afterwards."""
+        if self.close_notify_sent:
+            return
+        self.close_notify_sent = True
+        try:
+            self._ssl.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            # Our close_notify is queued; the peer's may come later, or never (QEMU).
+            pass

@@ -1,0 +1,237 @@
+"""A thin trio stream around :class:`~chardev_bridge.tlsengine.TLSEngine`."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from chardev_bridge.tlsengine import TLSEngine
+
+# Ciphertext read per transport receive: several 16 KiB records at once, so one wake-up
+# decrypts a whole burst instead of one record (trio.SSLStream's limitation).
+TRANSPORT_READ = 256 * 1024
+
+
+class TLSHandshakeError(Exception):
+    """The handshake failed; ``__cause__`` holds the ``ssl`` error (or transport error)."""
+
+
+@dataclass(frozen=True)
+class TLSSessionInfo:
+    """What was negotiated, for the 'connected' log line."""
+
+    version: str
+    cipher: str
+    peer_cert_der: bytes | None
+
+
+class TLSStream(trio.abc.HalfCloseableStream):
+    """TLS over any trio ``Stream``, with half-close and multi-record reads.
+
+    ``send_eof`` sends close_notify and keeps the receive side open. A transport EOF without
+    close_notify is reported as an ordinary EOF (QEMU never sends close_notify) and flagged in
+    :attr:`ragged_eof`.
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        split_last_byte: bool = True,
+    ) -> None:
+        self.transport = transport
+        self._engine = TLSEngine(context, server_side=server_side, server_hostname=server_hostname)
+        self._split_last = split_last_byte
+        self._send_lock = trio.StrictFIFOLock()
+        self._receiving = False
+        self._sending = False
+        self._closed = False
+        self._pending_plaintext = b""
+
+    # -- handshake -------------------------------------------------------------------------
+
+    async def do_handshake(self) -> TLSSessionInfo:
+        """Run the handshake; on failure the alert is sent before raising TLSHandshakeError."""
+        engine = self._engine
+        try:
+            while True:
+                try:
+                    done = engine.do_handshake()
+                except ssl.SSLError as exc:
+                    await self._flush_best_effort()
+                    raise TLSHandshakeError(str(exc)) from exc
+                await self._flush()
+                if done:
+                    break
+                data = await self.transport.receive_some(TRANSPORT_READ)
+                if data:
+                    engine.receive_ciphertext(data)
+                else:
+                    engine.receive_transport_eof()
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise TLSHandshakeError(str(exc)) from exc
+        return self.session_info()
+
+    def session_info(self) -> TLSSessionInfo:
+        """Version, cipher and peer certificate of the completed handshake."""
+        obj = self._engine.ssl_object
+        cipher = obj.cipher()
+        return TLSSessionInfo(
+            version=obj.version() or "?",
+            cipher=cipher[0] if cipher else "?",
+            peer_cert_der=obj.getpeercert(binary_form=True),
+        )
+
+    @property
+    def ragged_eof(self) -> bool:
+        """True when the peer ended the TCP connection without sending close_notify."""
+        return self._engine.ragged_eof
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return plaintext from every record already received, waiting for one if needed."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._closed:
+                raise trio.ClosedResourceError
+            limit = max_bytes or TRANSPORT_READ
+            if self._pending_plaintext:
+                out = self._pending_plaintext[:limit]
+                self._pending_plaintext = self._pending_plaintext[limit:]
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return out
+            engine = self._engine
+            waited = False
+            while True:
+                plain = engine.read_plaintext()
+                if plain is not None:
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    if len(plain) > limit:
+                        self._pending_plaintext = plain[limit:]
+                        plain = plain[:limit]
+                    # Key updates and the like produce records to answer; the sender carries
+                    # them if it is mid-send, otherwise we flush them here.
+                    if engine.has_data_to_send and not self._send_lock.locked():
+                        await self._flush_best_effort()
+                    return plain
+                try:
+                    data = await self.transport.receive_some(TRANSPORT_READ)
+                except trio.ClosedResourceError:
+                    raise
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                waited = True
+                if data:
+                    engine.receive_ciphertext(data)
+                else:
+                    engine.receive_transport_eof()
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        finally:
+            self._receiving = False
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data``; returns once the transport has taken it all."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError
+            if self._engine.close_notify_sent:
+                raise trio.ClosedResourceError("send_eof() was called")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            try:
+                self._engine.write_plaintext(data, split_last=self._split_last)
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport can take more data."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError
+            async with self._send_lock:
+                await self.transport.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Send close_notify; the peer may still send to us (TLS half-close)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError
+            if self._engine.close_notify_sent:
+                await trio.lowlevel.checkpoint()
+                return
+            self._engine.send_close_notify()
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            data = self._engine.data_to_send()
+            if not data:
+                return
+            try:
+                await self.transport.send_all(data)
+            except trio.ClosedResourceError:
+                raise
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def _flush_best_effort(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._flush()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Send close_notify if we can do so at once, then close the transport.
+
+        We never wait for the peer's close_notify: QEMU never sends one.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._engine.handshake_done and not self._engine.close_notify_sent:
+                self._engine.send_close_notify()
+                # A peer that stopped reading must not hold up our close.
+                with trio.move_on_after(1):
+                    await self._flush_best_effort()
+        except ssl.SSLError:
+            pass
+        finally:
+            await self.transport.aclose()

@@ -1,0 +1,101 @@
+"""Craft deliberately odd certificates and credential dirs for the credentials tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ObjectIdentifier
+
+from chardev_bridge import pki
+
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+def key_usage(*flags: str) -> x509.KeyUsage:
+    """A KeyUsage with the named flags set (``digital_signature``, ``key_cert_sign`` ...)."""
+    names = [
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    ]
+    return x509.KeyUsage(**{n: n in flags for n in names})
+
+
+def craft(
+    *,
+    issuer: pki.Issued | None = None,
+    dn: str = "CN=localhost",
+    ca: bool | None = False,
+    ku: Sequence[str] | None = ("digital_signature", "key_encipherment"),
+    ku_critical: bool = True,
+    eku: Sequence[ObjectIdentifier] | None = None,
+    eku_critical: bool = True,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    san: Sequence[str] = ("localhost",),
+) -> pki.Issued:
+    """A certificate with exactly the given extensions, self-signed when ``issuer`` is None."""
+    key = pki.generate_key()
+    name = pki.parse_dn(dn)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or NOW - DAY)
+        .not_valid_after(not_after or NOW + 365 * DAY)
+    )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+    if ku is not None:
+        builder = builder.add_extension(key_usage(*ku), critical=ku_critical)
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=eku_critical)
+    if ca:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(s) for s in san]), critical=False
+        )
+    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
+    return pki.Issued(cert, key)
+
+
+def write_dir(
+    directory: Path,
+    role: str,
+    leaf: pki.Issued | None,
+    ca_certs: Sequence[x509.Certificate],
+    *,
+    key: pki.PrivateKey | None = None,
+    password: bytes | None = None,
+    crl: x509.CertificateRevocationList | None = None,
+    dh: bool = True,
+) -> Path:
+    """Write a QEMU credentials dir: ca-cert.pem (all of ``ca_certs``), leaf, key, CRL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca-cert.pem").write_bytes(b"".join(pki.cert_pem(c) for c in ca_certs))
+    if leaf is not None:
+        (directory / f"{role}-cert.pem").write_bytes(pki.cert_pem(leaf.cert))
+        key_path = directory / f"{role}-key.pem"
+        key_path.write_bytes(pki.key_pem(key or leaf.key, password))
+        key_path.chmod(0o600)
+    if crl is not None:
+        (directory / "ca-crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    if dh and role == "server":
+        (directory / "dh-params.pem").write_bytes(pki.dh_params_pem())
+    return directory

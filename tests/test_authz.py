@@ -1,0 +1,250 @@
+"""QEMU authz-list semantics and file format, checked against QEMU 7.2's tls-authz."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+
+from chardev_bridge import pki
+from chardev_bridge.authz import (
+    AuthzFileError,
+    AuthzList,
+    AuthzRule,
+    glob_to_regex,
+    load_authz_file,
+    parse_authz,
+    qemu_dn,
+)
+from tests.peers import Qemu, QemuError, qemu_errors, tls_creds_args, tls_monitor_args
+
+DN = "C=GB,ST=London,L=City Of London,O=QEMU Test,CN=client.example.com"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "identity", "matches"),
+    [
+        ("CN=*", "CN=", True),
+        ("*", "", True),
+        ("O=QEMU Test,CN=*", "O=QEMU Test,CN=a,b", True),
+        ("CN=client?", "CN=client1", True),
+        ("CN=client?", "CN=client", False),
+        ("CN=client?", "CN=client12", False),
+        ("CN=??", "CN=é1", True),  # ? is one character, not one byte
+        ("CN=[ab]", "CN=a", False),  # no character classes in g_pattern_match_simple
+        ("CN=[ab]", "CN=[ab]", True),
+        ("CN=a.b", "CN=axb", False),
+        ("CN=a\\*", "CN=a\\xyz", True),  # backslash is literal: no escapes
+        ("*CN=x", "O=a\nCN=x", True),
+    ],
+)
+def test_glob_follows_g_pattern_match_simple(pattern: str, identity: str, matches: bool) -> None:
+    assert (glob_to_regex(pattern).fullmatch(identity) is not None) is matches
+    assert AuthzRule(pattern, "allow", "glob").matches(identity) is matches
+
+
+def test_exact_rule_treats_wildcards_literally() -> None:
+    rule = AuthzRule("CN=*", "allow", "exact")
+    assert rule.matches("CN=*") and not rule.matches("CN=x")
+    assert AuthzRule("CN=x").format == "exact"
+
+
+def test_first_matching_rule_wins_then_default_policy() -> None:
+    acl = AuthzList(
+        (
+            AuthzRule("O=Corp,CN=evil*", "deny", "glob"),
+            AuthzRule("O=Corp,CN=*", "allow", "glob"),
+            AuthzRule("O=Corp,CN=evil1", "allow"),  # never reached
+        ),
+        policy="deny",
+    )
+    assert acl.is_allowed("O=Corp,CN=alice")
+    assert not acl.is_allowed("O=Corp,CN=evil1")
+    assert not acl.is_allowed("O=Other,CN=alice")
+    assert acl.decide("O=Corp,CN=evil1").describe() == (
+        "'O=Corp,CN=evil1' denied by rule 1 (glob 'O=Corp,CN=evil*')"
+    )
+    assert acl.decide("O=Other,CN=x").describe() == "'O=Other,CN=x' denied by the default policy"
+    assert AuthzList(policy="allow").is_allowed("anything")
+
+
+def test_tls_authz_patterns_allow_matches_and_deny_the_rest() -> None:
+    acl = AuthzList.from_patterns(["O=QEMU Test,CN=*", DN])
+    assert acl.policy == "deny"
+    assert all(r.policy == "allow" and r.format == "glob" for r in acl.rules)
+    assert acl.is_allowed("O=QEMU Test,CN=anyone") and acl.is_allowed(DN)
+    assert not acl.is_allowed("CN=client.example.com,O=QEMU Test")
+
+
+def test_qemu_dn_keeps_certificate_order_for_trustme_and_pki_names() -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("x.example", common_name="x.example", organization_unit_name="Unit")
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    # trustme writes O, then OU, then CN; rfc4514_string() would print them reversed.
+    assert qemu_dn(cert.subject).startswith("O=trustme")
+    assert qemu_dn(cert.subject).endswith(",OU=Unit,CN=x.example")
+    assert qemu_dn(pki.parse_dn(DN)) == DN
+    assert qemu_dn(pki.parse_dn("O=a\\,b,CN=c")) == "O=a\\,b,CN=c"
+    assert AuthzList.from_patterns(["O=trustme*,OU=Unit,*"]).allows_name(cert.subject)
+
+
+def test_rule_rejects_bad_policy_or_format() -> None:
+    with pytest.raises(ValueError, match="policy must be"):
+        AuthzRule("x", "maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="format must be"):
+        AuthzRule("x", "allow", "regex")  # type: ignore[arg-type]
+
+
+def write(tmp_path: Path, content: object) -> Path:
+    path = tmp_path / "authz.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_loads_qemu_authz_list_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "policy": "deny",
+            "rules": [
+                {"match": "O=QEMU Test,CN=evil", "policy": "deny"},
+                {"match": "O=QEMU Test,CN=*", "policy": "allow", "format": "glob"},
+            ],
+        },
+    )
+    acl = load_authz_file(path)
+    assert acl == AuthzList(
+        (
+            AuthzRule("O=QEMU Test,CN=evil", "deny", "exact"),
+            AuthzRule("O=QEMU Test,CN=*", "allow", "glob"),
+        ),
+        "deny",
+    )
+
+
+def test_file_defaults_are_deny_and_no_rules(tmp_path: Path) -> None:
+    assert load_authz_file(write(tmp_path, {})) == AuthzList((), "deny")
+    assert load_authz_file(write(tmp_path, {"policy": "allow"})).is_allowed("x")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "invalid JSON at line 1"),
+        ("[]", "must contain a JSON object"),
+        ({"polcy": "deny"}, "unexpected member 'polcy'"),
+        ({"policy": "Deny"}, "policy must be 'deny' or 'allow', not \"Deny\""),
+        ({"rules": {}}, "'rules' must be a JSON array"),
+        ({"rules": ["CN=x"]}, "rules[0] must be a JSON object"),
+        ({"rules": [{"policy": "allow"}]}, "rules[0] lacks 'match'"),
+        ({"rules": [{"match": "x"}]}, "rules[0] lacks 'policy'"),
+        ({"rules": [{"match": 1, "policy": "allow"}]}, "rules[0].match must be a string"),
+        ({"rules": [{"match": "x", "policy": "allow", "format": "regex"}]}, "rules[0].format"),
+        ({"rules": [{"match": "x", "policy": "allow", "fmt": "glob"}]}, "unexpected member 'fmt'"),
+    ],
+)
+def test_rejects_bad_authz_files_with_one_line_errors(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(AuthzFileError) as info:
+        load_authz_file(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AuthzFileError, match="cannot read: No such file"):
+        load_authz_file(tmp_path / "nope.json")
+    with pytest.raises(AuthzFileError, match="<authz>: must contain"):
+        parse_authz(3)
+
+
+# --- against QEMU 7.2's tls-authz ----------------------------------------------------------
+# QEMU 7.2 cannot create its authz-listfile object (QAPI calls the type "authz-listfile", QOM
+# "authz-list-file"; each name is refused by the other), so the same JSON goes to authz-list.
+
+
+def authz_object(obj_id: str, content: Mapping[str, object]) -> list[str]:
+    return ["-object", json.dumps({"qom-type": "authz-list", "id": obj_id, **content})]
+
+
+def _reaches_qmp(port: int, ca: Path, leaf: pki.Issued, key_dir: Path) -> bool:
+    (key_dir / "c.pem").write_bytes(pki.cert_pem(leaf.cert))
+    (key_dir / "k.pem").write_bytes(pki.key_pem(leaf.key))
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(key_dir / "c.pem", key_dir / "k.pem")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        try:
+            return tls.recv(4096).startswith(b'{"QMP"')
+        except (ssl.SSLError, ConnectionError):
+            return False  # QEMU closes the TCP connection on an authz denial
+
+
+@pytest.mark.interop
+def test_qemu_tls_authz_agrees_with_authz_list(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    pki.init_pki(root)
+    ca = pki.load_ca(root / "ca")
+    rules = {
+        "policy": "deny",
+        "rules": [
+            {"match": "O=chardev-bridge,CN=evil*", "policy": "deny", "format": "glob"},
+            {"match": "O=chardev-bridge,CN=?*", "policy": "allow", "format": "glob"},
+            {"match": "O=Partner,CN=exact", "policy": "allow"},
+        ],
+    }
+    path = write(tmp_path, rules)
+    acl = load_authz_file(path)
+    dns = [
+        "O=chardev-bridge,CN=alice",
+        "O=chardev-bridge,CN=evil1",
+        "O=chardev-bridge,OU=x,CN=alice",
+        "O=Partner,CN=exact",
+        "O=Partner,CN=exactly",
+        "CN=alice,O=chardev-bridge",
+    ]
+    args = [
+        *authz_object("auth0", rules),
+        *tls_creds_args("tls0", str(root / "server"), "server"),
+        *tls_monitor_args("mon0", "tls0", authz="auth0"),
+    ]
+    with Qemu(args) as qemu:
+        port = qemu.port("mon0")
+        for dn in dns:
+            leaf = pki.issue_leaf(ca, "client", dn=dn)
+            assert qemu_dn(leaf.cert.subject) == dn
+            qemu_allows = _reaches_qmp(port, root / "client" / "ca-cert.pem", leaf, tmp_path)
+            assert acl.is_allowed(dn) is qemu_allows, dn
+
+
+@pytest.mark.interop
+def test_qemu_refuses_the_authz_files_we_refuse(tmp_path: Path) -> None:
+    bad: list[dict[str, object]] = [
+        {"policy": "Deny"},
+        {"rules": [{"match": "x"}]},
+        {"rules": [{"match": "x", "policy": "allow", "fmt": "glob"}]},
+        {"rules": [{"match": "x", "policy": "allow", "format": "regex"}]},
+        {"bogus": 1},
+    ]
+    for content in bad:
+        with pytest.raises(AuthzFileError):
+            load_authz_file(write(tmp_path, content))
+        with pytest.raises(QemuError) as info, Qemu(authz_object("a", content)):
+            pass
+        assert qemu_errors(info.value.stderr), info.value.stderr
+    good = {"rules": [{"match": "x", "policy": "allow"}]}
+    assert load_authz_file(write(tmp_path, good)).rules[0].format == "exact"
+    with Qemu(authz_object("a", good)) as qemu:
+        rules = qemu.execute("qom-get", path="/objects/a", property="rules")
+        assert rules == [{"match": "x", "policy": "allow"}]

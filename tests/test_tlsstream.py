@@ -1,0 +1,118 @@
+"""TLSStream honours trio's stream contract and TLS half-close, over in-memory transports."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trio
+import trio.testing
+
+from chardev_bridge.tlspolicy import TLSPolicy, load_x509_creds, make_ssl_context
+from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
+from tests.conftest import PKI
+
+
+def contexts(pki: PKI) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = make_ssl_context(TLSPolicy(load_x509_creds(pki.server_dir, "server")))
+    client = make_ssl_context(TLSPolicy(load_x509_creds(pki.client_dir, "client")))
+    return server, client
+
+
+async def handshaken_pair(
+    pki: PKI, pair: tuple[trio.abc.Stream, trio.abc.Stream]
+) -> tuple[TLSStream, TLSStream]:
+    server_ctx, client_ctx = contexts(pki)
+    client = TLSStream(pair[0], client_ctx, server_side=False, server_hostname="localhost")
+    server = TLSStream(pair[1], server_ctx, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    return client, server
+
+
+async def test_tlsstream_meets_trio_half_closeable_contract(pki: PKI) -> None:
+    async def maker() -> tuple[TLSStream, TLSStream]:
+        return await handshaken_pair(pki, trio.testing.memory_stream_pair())
+
+    async def clogged() -> tuple[TLSStream, TLSStream]:
+        return await handshaken_pair(pki, trio.testing.lockstep_stream_pair())
+
+    await trio.testing.check_half_closeable_stream(maker, clogged)
+
+
+async def test_reads_every_buffered_record_at_once(pki: PKI) -> None:
+    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+    # Many small records, as a serial peer writing byte by byte produces.
+    for i in range(50):
+        await client.send_all(bytes([65 + i % 26]) * 3)
+    await trio.testing.wait_all_tasks_blocked()
+    got = await server.receive_some(1 << 20)
+    assert len(got) == 150
+
+
+async def test_half_close_keeps_reverse_direction_open(pki: PKI) -> None:
+    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+    await client.send_all(b"last words")
+    await client.send_eof()
+    assert await server.receive_some() == b"last words"
+    assert await server.receive_some() == b""
+    assert not server.ragged_eof
+    await server.send_all(b"reply after eof")
+    assert await client.receive_some() == b"reply after eof"
+
+
+async def test_transport_close_without_close_notify_is_ragged_eof(pki: PKI) -> None:
+    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+    await client.send_all(b"data")
+    await client.transport.aclose()
+    assert await server.receive_some() == b"data"
+    assert await server.receive_some() == b""
+    assert server.ragged_eof
+
+
+async def test_failed_handshake_sends_alert_to_peer(pki: PKI, make_other_pki) -> None:  # type: ignore[no-untyped-def]
+    other = make_other_pki("other")
+    server_ctx, _ = contexts(pki)
+    _, stranger_ctx = contexts(other)
+    a, b = trio.testing.memory_stream_pair()
+    client = TLSStream(a, stranger_ctx, server_side=False, server_hostname="localhost")
+    server = TLSStream(b, server_ctx, server_side=True)
+    errors: dict[str, BaseException] = {}
+
+    async def run(name: str, stream: TLSStream) -> None:
+        try:
+            await stream.do_handshake()
+        except TLSHandshakeError as exc:
+            errors[name] = exc
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "client", client)
+        nursery.start_soon(run, "server", server)
+    # The client distrusts the server's CA and says so with an alert, which the server sees.
+    assert "certificate verify failed" in str(errors["client"])
+    assert "UNKNOWN_CA" in str(errors["server"].__cause__)
+
+
+async def test_split_last_byte_sends_trailing_one_byte_record(pki: PKI) -> None:
+    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+    await client.send_all(b"hello")
+    assert await server.receive_some() == b"hello"
+
+
+@pytest.mark.parametrize("size", [1, 2, 16384, 100_000])
+async def test_payload_sizes_round_trip(pki: PKI, size: int) -> None:
+    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+    async def send() -> None:
+        await client.send_all(payload)
+        await client.send_eof()
+
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        while chunk := await server.receive_some():
+            got += chunk
+    assert bytes(got) == payload

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from chardev_bridge.authz import AuthzList, load_authz_file
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
+from chardev_bridge.credcheck import check_creds, has_errors
 from chardev_bridge.datapath import Carry, SessionStats, splice
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import format_hostport
+from chardev_bridge.priority import resolve_priority
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.tlserrors import describe_tls_error
 from chardev_bridge.tlspolicy import (
+    CredentialError,
+    PeerRejected,
     TLSPolicy,
+    load_crl,
     load_x509_creds,
     make_ssl_context,
     server_hostname_for,
@@ -37,7 +44,13 @@ _QUICK_REJECT_SECONDS = 2.0
 # A session that lasted this long resets the reconnect backoff.
 _STABLE_SESSION_SECONDS = 10.0
 
-_CONNECT_ERRORS = (OSError, TLSHandshakeError, trio.TooSlowError, trio.BrokenResourceError)
+_CONNECT_ERRORS = (
+    OSError,
+    TLSHandshakeError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    PeerRejected,
+)
 
 
 @dataclass
@@ -50,21 +63,54 @@ class BridgeReady:
 
 
 def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
-    """The TLS configuration for ``cfg``; raises ``CredentialError`` on a bad directory."""
+    """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials.
+
+    Raises ``CredentialError`` (every error QEMU would report, one per line) or
+    ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
+    """
     if cfg.tls_creds is None:
         return None
-    password = cfg.key_password_file.read_bytes().rstrip(b"\r\n") if cfg.key_password_file else None
+    password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
+    findings = check_creds(cfg.tls_creds, cfg.endpoint, password=password)
+    for finding in findings:
+        if finding.level == "warning":
+            log.warning("%s", finding.message)
+    if has_errors(findings):
+        raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
+    chosen = resolve_priority(cfg.tls_priority)
+    log.info("TLS priority %s, from %s", chosen.priority.text, chosen.source)
+    authz = _build_authz(cfg)
     policy = TLSPolicy(
         creds=load_x509_creds(cfg.tls_creds, cfg.endpoint),
         verify_peer=cfg.verify_peer,
         hostname=cfg.tls_hostname,
         key_password=password,
+        authz=authz,
+        priority=chosen.priority,
     )
     return TLSSetup(
         context=make_ssl_context(policy),
-        server_side=cfg.endpoint == "server",
+        policy=policy,
         server_hostname=server_hostname_for(policy, cfg.host),
+        crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
     )
+
+
+def _read_password(path: Path) -> bytes:
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
+
+
+def _build_authz(cfg: BridgeConfig) -> AuthzList | None:
+    if cfg.tls_authz_file is not None:
+        if cfg.tls_authz:
+            raise CredentialError("give --tls-authz or --tls-authz-file, not both")
+        return load_authz_file(cfg.tls_authz_file)
+    if cfg.tls_authz:
+        return AuthzList.from_patterns(cfg.tls_authz)
+    return None
 
 
 async def run_bridge(
@@ -94,30 +140,22 @@ async def _run_session(
 ) -> SessionStats:
     """Splice one remote session with the local end and log how it went."""
     began = trio.current_time()
+    stats = SessionStats()
     try:
-        stats = await splice(
-            local_stream, remote.stream, local_persistent=local.persistent, carry=carry
+        await splice(
+            local_stream,
+            remote.stream,
+            local_persistent=local.persistent,
+            carry=carry,
+            stats=stats,
         )
     finally:
         with trio.CancelScope(shield=True):
             await remote.stream.aclose()
             if not local.persistent:
                 await local_stream.aclose()
+        _log_disconnect(remote, stats, trio.current_time() - began)
     lasted = trio.current_time() - began
-    if stats.failure is not None:
-        how = f"{stats.failed_side} failed: {stats.failure}"
-    elif stats.remote_eof:
-        how = "remote closed without TLS close_notify" if remote.ragged_eof else "remote closed"
-    else:
-        how = "local end closed"
-    log.info(
-        "disconnected from %s after %.1fs: %d bytes sent, %d bytes received; %s",
-        remote.peer,
-        lasted,
-        stats.to_remote,
-        stats.to_local,
-        how,
-    )
     if (
         tls is not None
         and not tls.server_side
@@ -132,6 +170,25 @@ async def _run_session(
         )
         log.error("%s: %s", remote.peer, stats.failure)
     return stats
+
+
+def _log_disconnect(remote: RemoteSession, stats: SessionStats, lasted: float) -> None:
+    if stats.failure is not None:
+        how = f"{stats.failed_side} failed: {stats.failure}"
+    elif stats.remote_eof:
+        how = "remote closed without TLS close_notify" if remote.ragged_eof else "remote closed"
+    elif stats.local_eof:
+        how = "local end closed"
+    else:
+        how = "bridge shutting down"
+    log.info(
+        "disconnected from %s after %.1fs: %d bytes sent, %d bytes received; %s",
+        remote.peer,
+        lasted,
+        stats.to_remote,
+        stats.to_local,
+        how,
+    )
 
 
 async def _serve(
@@ -169,6 +226,9 @@ async def _serve(
             return
         except trio.TooSlowError:
             log.warning("dropped %s: no TLS handshake within %gs", peer, cfg.handshake_timeout)
+            return
+        except PeerRejected as exc:
+            log.warning("denied %s: %s", peer, exc)
             return
         finally:
             pending -= 1
@@ -232,11 +292,12 @@ async def _connect(cfg: BridgeConfig, tls: TLSSetup | None, local: LocalEnd) -> 
         except _CONNECT_ERRORS as exc:
             if not local.persistent:
                 await trio.aclose_forcefully(local_stream)
-            failure = (
-                f"no TLS handshake within {cfg.handshake_timeout:g}s"
-                if isinstance(exc, trio.TooSlowError)
-                else describe_tls_error(exc)
-            )
+            if isinstance(exc, trio.TooSlowError):
+                failure = f"no TLS handshake within {cfg.handshake_timeout:g}s"
+            elif isinstance(exc, PeerRejected):
+                failure = f"server denied by our policy: {exc}"
+            else:
+                failure = describe_tls_error(exc)
             log_it, count = repeats.should_log(failure)
             if log_it or cfg.reconnect is None:
                 again = f" ({count} times in a row)" if count > 1 else ""

@@ -131,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="password for an encrypted private key (QEMU passwordid)",
     )
+    tls.add_argument(
+        "--tls-priority",
+        metavar="STRING",
+        help="gnutls priority string as QEMU takes it (NORMAL, SECURE256:-VERS-TLS1.2, @SYSTEM"
+        " ...); default: CHARDEV_BRIDGE in"
+        " /etc/crypto-policies/local.d/gnutls-chardev-bridge.config, else TLS 1.2 minimum",
+    )
+    tls.add_argument(
+        "--tls-authz",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="allow peers whose certificate DN matches (glob, repeatable, first match wins;"
+        " default deny once given), e.g. 'O=Example,CN=*.example.org'",
+    )
+    tls.add_argument(
+        "--tls-authz-file",
+        type=Path,
+        metavar="FILE",
+        help='QEMU authz-list rules as JSON: {"policy": "deny", "rules": [...]}',
+    )
     loc = p.add_argument_group("local end")
     loc.add_argument(
         "--local",
@@ -161,6 +182,9 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         verify_peer=args.verify_peer,
         tls_hostname=args.tls_hostname,
         key_password_file=args.tls_key_password_file,
+        tls_priority=args.tls_priority,
+        tls_authz=tuple(args.tls_authz),
+        tls_authz_file=args.tls_authz_file,
         reconnect=args.reconnect,
         reconnect_max=args.reconnect_max,
         handshake_timeout=args.handshake_timeout,
@@ -215,13 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return trio.run(_run, config_from_args(args))
-    except (CredentialError, OSError, BaseExceptionGroup) as exc:
-        # Start-up failures (bad credentials, port in use, no such tty) get one line each.
+    except (CredentialError, OSError, ValueError, BaseExceptionGroup) as exc:
+        # Start-up failures (bad credentials, priority or allow-list, port in use, no such
+        # tty) get one line each, no traceback.
         leaves = _leaves(exc)
-        if not all(isinstance(leaf, CredentialError | OSError) for leaf in leaves):
+        if not all(isinstance(leaf, CredentialError | OSError | ValueError) for leaf in leaves):
             raise
         for leaf in leaves:
-            log.error("%s", leaf)
+            for line in str(leaf).splitlines():
+                log.error("%s", line)
         return 1
 
 

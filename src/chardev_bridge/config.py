@@ -30,6 +30,11 @@ class BridgeConfig:
     verify_peer: bool = True
     tls_hostname: str | None = None
     key_password_file: Path | None = None
+    # gnutls priority string (None: the application policy file, else the default).
+    tls_priority: str | None = None
+    # Allow-list globs for the peer's DN (QEMU tls-authz), or a QEMU authz-list JSON file.
+    tls_authz: tuple[str, ...] = ()
+    tls_authz_file: Path | None = None
     # Seconds before the first retry of a connecting bridge; None: exit instead of retrying.
     reconnect: float | None = None
     reconnect_max: float = DEFAULT_RECONNECT_MAX

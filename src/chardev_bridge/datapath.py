@@ -57,9 +57,14 @@ async def splice(
     *,
     local_persistent: bool,
     carry: Carry | None = None,
+    stats: SessionStats | None = None,
 ) -> SessionStats:
-    """Move bytes both ways until the session is over; never closes either stream."""
-    stats = SessionStats()
+    """Move bytes both ways until the session is over; never closes either stream.
+
+    ``stats`` (updated as bytes move) may be passed in so that the caller still has the
+    counts when the session is cancelled.
+    """
+    stats = stats if stats is not None else SessionStats()
     carry = carry if carry is not None else Carry()
     up_scope = trio.CancelScope()
     # The scope of the remote receive in progress, so that a remote failure seen by the

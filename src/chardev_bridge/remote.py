@@ -7,8 +7,9 @@ import ssl
 from dataclasses import dataclass
 
 import trio
+from cryptography import x509
 
-from chardev_bridge.tlspolicy import PeerCert, describe_peer_cert
+from chardev_bridge.tlspolicy import PeerCert, PeerRejected, TLSPolicy, check_peer
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSSessionInfo, TLSStream
 
 
@@ -17,9 +18,15 @@ class TLSSetup:
     """How TLS is run on remote connections (role independent of who listens on TCP)."""
 
     context: ssl.SSLContext
-    server_side: bool
+    policy: TLSPolicy
     # The name the server certificate must carry (TLS client only; None for a TLS server).
     server_hostname: str | None
+    crl: x509.CertificateRevocationList | None = None
+
+    @property
+    def server_side(self) -> bool:
+        """Whether we are the TLS server."""
+        return self.policy.endpoint == "server"
 
 
 @dataclass
@@ -65,8 +72,9 @@ async def start_session(
 ) -> RemoteSession:
     """Run the TLS handshake (if any) on a fresh TCP connection.
 
-    Raises :class:`TLSHandshakeError` (cause attached) or ``trio.TooSlowError``; the TCP
-    connection is closed in either case.
+    Raises :class:`TLSHandshakeError` (cause attached), ``trio.TooSlowError``, or
+    :class:`PeerRejected` when the peer passed the handshake but not our policy (revoked, not
+    on the allow-list); the connection is closed in each case.
     """
     tune_socket(tcp)
     peer = peer_name(tcp)
@@ -81,4 +89,16 @@ async def start_session(
     except (TLSHandshakeError, trio.TooSlowError):
         await trio.aclose_forcefully(tcp)
         raise
-    return RemoteSession(stream, peer, info, describe_peer_cert(info.peer_cert_der))
+    try:
+        cert = check_peer(
+            tls.policy,
+            tls.crl,
+            cert_der=info.peer_cert_der,
+            version=info.version,
+            cipher=info.cipher,
+        )
+    except PeerRejected:
+        # Like QEMU: the handshake is over, so there is no alert to send; just close.
+        await trio.aclose_forcefully(stream)
+        raise
+    return RemoteSession(stream, peer, info, cert)

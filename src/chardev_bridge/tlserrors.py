@@ -57,12 +57,12 @@ _VERIFY = {
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """Follow ``__cause__``/``__context__`` down to the innermost ssl or OS error."""
+    """Follow ``__cause__``/``__context__`` down to the ssl error or group of errors."""
     seen: set[int] = set()
     current: BaseException = exc
     while id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
+        if isinstance(current, ssl.SSLError | BaseExceptionGroup):
             return current
         nxt = current.__cause__ or current.__context__
         if nxt is None:
@@ -74,6 +74,9 @@ def root_cause(exc: BaseException) -> BaseException:
 def describe_tls_error(exc: BaseException) -> str:
     """One line saying why a TLS connection failed, in words rather than OpenSSL codes."""
     cause = root_cause(exc)
+    if isinstance(cause, BaseExceptionGroup):
+        # trio's open_tcp_stream: one error per address tried.
+        return "; ".join(dict.fromkeys(describe_tls_error(sub) for sub in cause.exceptions))
     if isinstance(cause, ssl.SSLCertVerificationError):
         code = cause.verify_code
         if code in (62, 64):  # hostname / IP address mismatch
@@ -95,4 +98,8 @@ def describe_tls_error(exc: BaseException) -> str:
         return "the peer reset the connection"
     if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED):
         return "the peer closed the connection"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (nothing listens there?)"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
     return str(cause) or type(cause).__name__

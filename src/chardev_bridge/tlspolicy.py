@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from chardev_bridge.authz import qemu_dn
+from chardev_bridge.authz import AuthzList, qemu_dn
+from chardev_bridge.priority import DEFAULT_PRIORITY, TlsPriority, apply_priority, check_negotiated
 
 Endpoint = Literal["server", "client"]
+
+CRL_SIGNING_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
 
 
 class CredentialError(Exception):
@@ -101,6 +105,15 @@ class TLSPolicy:
     # needs an IP SAN, as for QEMU.
     hostname: str | None = None
     key_password: bytes | None = field(default=None, repr=False)
+    # Which peer DNs may talk to us (QEMU tls-authz); None lets every verified peer in.
+    authz: AuthzList | None = None
+    priority: TlsPriority = DEFAULT_PRIORITY
+
+    def __post_init__(self) -> None:
+        if self.authz is not None and not self.verify_peer:
+            # QEMU silently skips authz without verify-peer; an allow-list that allows
+            # everyone is a trap, so refuse the combination.
+            raise CredentialError("an allow-list (--tls-authz) needs peer verification on")
 
     @property
     def endpoint(self) -> Endpoint:
@@ -117,7 +130,8 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
     creds = policy.creds
     server = policy.endpoint == "server"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Before the key is loaded, so that a key too weak for the priority fails here.
+    apply_priority(ctx, policy.priority)
     try:
         ctx.load_verify_locations(cafile=str(creds.ca_cert))
     except ssl.SSLError as exc:
@@ -132,13 +146,10 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
         ctx.num_tickets = 0
         if creds.dh_params is not None:
             ctx.load_dh_params(str(creds.dh_params))
+        # The CRL is checked after the handshake (check_peer), not by OpenSSL: only then is
+        # the revoked certificate's subject and serial known for the log, and, as in QEMU, a
+        # CRL past its next-update date still revokes instead of locking every client out.
         ctx.verify_mode = ssl.CERT_REQUIRED if policy.verify_peer else ssl.CERT_NONE
-        if policy.verify_peer and creds.ca_crl is not None:
-            try:
-                ctx.load_verify_locations(cafile=str(creds.ca_crl))
-            except ssl.SSLError as exc:
-                raise CredentialError(f"cannot load CRL {creds.ca_crl}: {_reason(exc)}") from None
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     else:
         ctx.check_hostname = policy.verify_peer
         ctx.verify_mode = ssl.CERT_REQUIRED if policy.verify_peer else ssl.CERT_NONE
@@ -177,6 +188,58 @@ def describe_peer_cert(der: bytes | None) -> PeerCert | None:
         return None
     cert = x509.load_der_x509_certificate(der)
     return PeerCert(dn=qemu_dn(cert.subject), serial=cert.serial_number)
+
+
+def load_crl(creds: X509Creds) -> x509.CertificateRevocationList | None:
+    """The CRL of a server credential dir, checked against its CA; None when there is none."""
+    if creds.ca_crl is None:
+        return None
+    try:
+        crl = x509.load_pem_x509_crl(creds.ca_crl.read_bytes())
+    except ValueError as exc:
+        raise CredentialError(f"cannot load CRL {creds.ca_crl}: {exc}") from None
+    cas = x509.load_pem_x509_certificates(creds.ca_cert.read_bytes())
+    if not any(ca.subject == crl.issuer and _signed_by(crl, ca) for ca in cas):
+        raise CredentialError(f"CRL {creds.ca_crl} is not signed by a CA in {creds.ca_cert}")
+    return crl
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    key = ca.public_key()
+    return isinstance(key, CRL_SIGNING_KEYS) and crl.is_signature_valid(key)
+
+
+def check_peer(
+    policy: TLSPolicy,
+    crl: x509.CertificateRevocationList | None,
+    *,
+    cert_der: bytes | None,
+    version: str | None,
+    cipher: str | None,
+) -> PeerCert | None:
+    """Apply what the handshake itself cannot: revocation, the DN allow-list, TLS 1.3 suites.
+
+    Returns the peer's certificate facts; raises :class:`PeerRejected` with the reason.
+    """
+    peer = describe_peer_cert(cert_der)
+    problem = check_negotiated(policy.priority, version, cipher)
+    if problem is not None:
+        raise PeerRejected(problem)
+    if not policy.verify_peer:
+        return peer
+    if crl is not None and peer is not None:
+        revoked = crl.get_revoked_certificate_by_serial_number(peer.serial)
+        if revoked is not None:
+            when = revoked.revocation_date_utc.strftime("%Y-%m-%d %H:%M UTC")
+            raise PeerRejected(
+                f"certificate {peer.dn!r} serial {peer.serial:#x} is revoked"
+                f" (since {when}, {policy.creds.ca_crl})"
+            )
+    if policy.authz is not None:
+        decision = policy.authz.decide(peer.dn if peer else "")
+        if not decision.allowed:
+            raise PeerRejected(f"not allowed: {decision.describe()}")
+    return peer
 
 
 def server_hostname_for(policy: TLSPolicy, host: str) -> str | None:

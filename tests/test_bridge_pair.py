@@ -1,0 +1,134 @@
+"""Two bridges back to back over TLS: the byte stream arrives whole, both ways at once."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from chardev_bridge.config import BridgeConfig
+from chardev_bridge.local import LocalSpec
+from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
+from tests.conftest import PKI
+
+SIZE = 32 * 1024 * 1024
+
+
+def server_config(pki: PKI, local: LocalSpec, **kw: object) -> BridgeConfig:
+    return BridgeConfig(
+        listen=True,
+        host="127.0.0.1",
+        port=0,
+        local=local,
+        tls_creds=pki.server_dir,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def client_config(pki: PKI, port: int, local: LocalSpec, **kw: object) -> BridgeConfig:
+    return BridgeConfig(
+        host="127.0.0.1",
+        port=port,
+        local=local,
+        tls_creds=pki.client_dir,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def exchange(stream: trio.SocketStream, payload: bytes) -> bytes:
+    """Send ``payload`` then EOF while reading everything the other side sends until EOF."""
+    received = bytearray()
+
+    async def send() -> None:
+        view = memoryview(payload)
+        for start in range(0, len(view), 1 << 20):
+            await stream.send_all(view[start : start + (1 << 20)])
+        await stream.send_eof()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        while chunk := await stream.receive_some(1 << 20):
+            received += chunk
+    return bytes(received)
+
+
+async def test_carries_32_mib_each_way_at_once_then_eof(
+    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    server_sock = str(tmp_path / "server.sock")
+    client_sock = str(tmp_path / "client.sock")
+    up = os.urandom(SIZE)
+    down = os.urandom(SIZE)
+    with trio.fail_after(120):
+        async with running_bridge(
+            server_config(pki, LocalSpec("unix-listen", path=server_sock))
+        ) as server:
+            cfg = client_config(pki, server.ports[0], LocalSpec("unix-listen", path=client_sock))
+            async with running_bridge(cfg):
+                client_app = await trio.open_unix_socket(client_sock)
+                server_app = await trio.open_unix_socket(server_sock)
+                results: dict[str, bytes] = {}
+
+                async def run(name: str, stream: trio.SocketStream, payload: bytes) -> None:
+                    results[name] = await exchange(stream, payload)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run, "client", client_app, up)
+                    nursery.start_soon(run, "server", server_app, down)
+                await client_app.aclose()
+                await server_app.aclose()
+    assert hashlib.sha256(results["server"]).hexdigest() == hashlib.sha256(up).hexdigest()
+    assert hashlib.sha256(results["client"]).hexdigest() == hashlib.sha256(down).hexdigest()
+    assert f"{SIZE} bytes sent, {SIZE} bytes received" in caplog.text
+    assert "TLSv1.3" in caplog.text
+
+
+async def test_pty_to_pty_line_arrives_raw(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    # Bytes a cooked tty would mangle or act on: CR, LF, ^C, ^D, ^Z, ^S, DEL, NUL, 0xff.
+    line = b"hello\r\n\x03\x04\x1a\x13\x7f\x00\xff world\n"
+    with trio.fail_after(20):
+        async with running_bridge(server_config(pki, LocalSpec("pty"))) as server:
+            assert server.pty_path
+            cfg = client_config(pki, server.ports[0], LocalSpec("pty"))
+            async with running_bridge(cfg) as client:
+                assert client.pty_path
+                async with (
+                    open_pty_client(server.pty_path) as far,
+                    open_pty_client(client.pty_path) as near,
+                ):
+                    await near.send_all(line)
+                    assert await read_exactly(far, len(line)) == line
+                    await far.send_all(b"reply\n")
+                    assert await read_until(near, b"reply\n") == b"reply\n"
+    assert "session from 127.0.0.1" in caplog.text
+    assert "OU=clients,CN=client.example.com'" in caplog.text
+
+
+async def test_pty_path_survives_remote_sessions(pki: PKI) -> None:
+    with trio.fail_after(20):
+        async with running_bridge(server_config(pki, LocalSpec("pty"))) as server:
+            assert server.pty_path
+            async with open_pty_client(server.pty_path) as app:
+                for round_ in range(3):
+                    cfg = client_config(pki, server.ports[0], LocalSpec("stdio"))
+                    # A connecting bridge per round: connect, send, go away.
+                    async with running_bridge(
+                        BridgeConfig(
+                            host="127.0.0.1",
+                            port=server.ports[0],
+                            local=LocalSpec("unix-listen", path=f"/tmp/cb-{os.getpid()}-{round_}"),
+                            tls_creds=cfg.tls_creds,
+                        )
+                    ):
+                        sock = await trio.open_unix_socket(f"/tmp/cb-{os.getpid()}-{round_}")
+                        message = f"round {round_}\n".encode()
+                        await sock.send_all(message)
+                        assert await read_until(app, message) == message
+                        await sock.aclose()
+            assert os.path.exists(server.pty_path)

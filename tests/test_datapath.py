@@ -1,0 +1,122 @@
+"""The data path over in-memory streams: exactly once, in order, with every close order."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chardev_bridge.datapath import Carry, splice
+
+chunks = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
+
+
+async def feed(stream: trio.abc.HalfCloseableStream, parts: list[bytes], close: bool) -> None:
+    for part in parts:
+        await stream.send_all(part)
+        await trio.sleep(0)
+    if close:
+        await stream.send_eof()
+
+
+async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
+
+
+@settings(max_examples=60, deadline=None)
+@given(up=chunks, down=chunks, local_first=st.booleans())
+def test_socket_ends_deliver_every_byte_in_any_chunking_and_close_order(
+    up: list[bytes], down: list[bytes], local_first: bool
+) -> None:
+    async def main() -> None:
+        app, local = trio.testing.memory_stream_pair()
+        remote, peer = trio.testing.memory_stream_pair()
+        got_up, got_down = bytearray(), bytearray()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, peer, got_up)
+                nursery.start_soon(drain, app, got_down)
+
+                async def closers() -> None:
+                    first, second = (app, up), (peer, down)
+                    if not local_first:
+                        first, second = second, first
+                    await feed(first[0], first[1], True)
+                    await feed(second[0], second[1], True)
+
+                nursery.start_soon(closers)
+                stats = await splice(local, remote, local_persistent=False)
+        assert bytes(got_up) == b"".join(up)
+        assert bytes(got_down) == b"".join(down)
+        assert stats.to_remote == len(got_up) and stats.to_local == len(got_down)
+        assert stats.local_eof and stats.remote_eof and stats.failure is None
+
+    trio.run(main)
+
+
+async def test_remote_eof_ends_session_of_persistent_end_but_not_the_end() -> None:
+    app, local = trio.testing.memory_stream_pair()
+    remote, peer = trio.testing.memory_stream_pair()
+    await peer.send_all(b"from remote")
+    await peer.send_eof()
+    got = bytearray()
+    with trio.fail_after(5):
+        stats = await splice(local, remote, local_persistent=True)
+        got += await app.receive_some()
+    assert got == b"from remote"
+    assert stats.remote_eof and not stats.local_eof
+    # The local end was neither closed nor half-closed: it still carries bytes.
+    await local.send_all(b"still here")
+    assert await app.receive_some() == b"still here"
+
+
+async def test_bytes_unsent_to_a_vanished_remote_wait_in_carry_for_next_session() -> None:
+    app, local = trio.testing.memory_stream_pair()
+    remote, peer = trio.testing.lockstep_stream_pair()
+    carry = Carry()
+    await app.send_all(b"must not be lost")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def vanish_while_send_blocks() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await peer.aclose()
+
+            nursery.start_soon(vanish_while_send_blocks)
+            stats = await splice(local, remote, local_persistent=True, carry=carry)
+    assert stats.remote_eof or stats.failed_side == "remote"
+    assert carry.pending == b"must not be lost"
+    # The next session starts with what the last one could not deliver.
+    remote2, peer2 = trio.testing.memory_stream_pair()
+    got = bytearray()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def read_then_close() -> None:
+                got.extend(await peer2.receive_some())
+                await peer2.send_eof()
+
+            nursery.start_soon(read_then_close)
+            await splice(local, remote2, local_persistent=True, carry=carry)
+    assert got == b"must not be lost" and carry.pending == b""
+
+
+async def test_remote_failure_still_delivers_what_already_arrived() -> None:
+    app, local = trio.testing.lockstep_stream_pair()
+    remote, peer = trio.testing.memory_stream_pair()
+    await peer.send_all(b"arrived before the failure")
+    got = bytearray()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def slow_reader() -> None:
+                await trio.sleep(0.2)
+                got.extend(await app.receive_some())
+
+            nursery.start_soon(slow_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await peer.aclose()
+            await splice(local, remote, local_persistent=True)
+    assert got == b"arrived before the failure"

@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
-from chardev_bridge.authz import AuthzList, load_authz_file
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
-from chardev_bridge.credcheck import check_creds, has_errors
-from chardev_bridge.datapath import Carry, SessionStats, splice
+from chardev_bridge.datapath import Carry, Session, SessionStats
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import format_hostport
-from chardev_bridge.priority import resolve_priority
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
+from chardev_bridge.scrollback import ScrollbackEnd
+from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import describe_tls_error
-from chardev_bridge.tlspolicy import (
-    CredentialError,
-    PeerRejected,
-    TLSPolicy,
-    load_crl,
-    load_x509_creds,
-    make_ssl_context,
-    server_hostname_for,
-)
+from chardev_bridge.tlspolicy import PeerRejected
 from chardev_bridge.tlsstream import TLSHandshakeError
+from chardev_bridge.trafficlog import TrafficLog
 
 log = logging.getLogger("chardev_bridge")
 
@@ -43,6 +35,10 @@ _QUICK_REJECT_SECONDS = 2.0
 
 # A session that lasted this long resets the reconnect backoff.
 _STABLE_SESSION_SECONDS = 10.0
+
+# How long a listening bridge keeps a remote client waiting while its socket local end
+# (QEMU's unix socket, say) is not there, retrying with backoff.
+_LOCAL_WAIT_SECONDS = 30.0
 
 _CONNECT_ERRORS = (
     OSError,
@@ -62,119 +58,371 @@ class BridgeReady:
     ports: list[int] = field(default_factory=list)
 
 
-def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
-    """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials.
-
-    Raises ``CredentialError`` (every error QEMU would report, one per line) or
-    ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
-    """
-    if cfg.tls_creds is None:
-        return None
-    password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
-    findings = check_creds(cfg.tls_creds, cfg.endpoint, password=password)
-    for finding in findings:
-        if finding.level == "warning":
-            log.warning("%s", finding.message)
-    if has_errors(findings):
-        raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
-    chosen = resolve_priority(cfg.tls_priority)
-    log.info("TLS priority %s, from %s", chosen.priority.text, chosen.source)
-    authz = _build_authz(cfg)
-    policy = TLSPolicy(
-        creds=load_x509_creds(cfg.tls_creds, cfg.endpoint),
-        verify_peer=cfg.verify_peer,
-        hostname=cfg.tls_hostname,
-        key_password=password,
-        authz=authz,
-        priority=chosen.priority,
-    )
-    return TLSSetup(
-        context=make_ssl_context(policy),
-        policy=policy,
-        server_hostname=server_hostname_for(policy, cfg.host),
-        crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
-    )
-
-
-def _read_password(path: Path) -> bytes:
-    try:
-        return path.read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
-
-
-def _build_authz(cfg: BridgeConfig) -> AuthzList | None:
-    if cfg.tls_authz_file is not None:
-        if cfg.tls_authz:
-            raise CredentialError("give --tls-authz or --tls-authz-file, not both")
-        return load_authz_file(cfg.tls_authz_file)
-    if cfg.tls_authz:
-        return AuthzList.from_patterns(cfg.tls_authz)
-    return None
-
-
 async def run_bridge(
-    cfg: BridgeConfig, *, task_status: trio.TaskStatus[BridgeReady] = trio.TASK_STATUS_IGNORED
+    cfg: BridgeConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[BridgeReady] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run until the local end is exhausted, the connection ends (without ``reconnect``),
-    or the caller cancels. Returns the process exit status."""
+    ``shutdown`` is set (graceful: in-flight bytes delivered, close_notify sent) or the caller
+    cancels. Returns the process exit status."""
     tls = build_tls_setup(cfg)
-    async with open_local_end(cfg.local, link=cfg.link) as local:
-        await local.start()
-        ready = BridgeReady(
-            local=local.describe(), pty_path=local.path if isinstance(local, PtyEnd) else None
-        )
-        log.info("local end: %s", ready.local)
-        if cfg.listen:
-            return await _serve(cfg, tls, local, ready, task_status)
-        task_status.started(ready)
-        return await _connect(cfg, tls, local)
+    with ExitStack() as files:
+        traffic = TrafficLog(cfg.traffic_log) if cfg.traffic_log else None
+        if traffic is not None:
+            files.callback(traffic.close)
+        async with open_local_end(cfg.local, link=cfg.link) as local:
+            await local.start()
+            ready = BridgeReady(
+                local=local.describe(), pty_path=local.path if isinstance(local, PtyEnd) else None
+            )
+            log.info("local end: %s", ready.local)
+            bridge = Bridge(cfg, tls, local, traffic)
+            async with trio.open_nursery() as nursery:
+                if shutdown is not None:
+                    nursery.start_soon(bridge.shutdown_on, shutdown)
+                code = await bridge.run(ready, task_status)
+                nursery.cancel_scope.cancel()
+            return code
 
 
-async def _run_session(
-    remote: RemoteSession,
-    local_stream: trio.abc.Stream,
-    local: LocalEnd,
-    carry: Carry,
-    tls: TLSSetup | None,
-) -> SessionStats:
-    """Splice one remote session with the local end and log how it went."""
-    began = trio.current_time()
-    stats = SessionStats()
-    try:
-        await splice(
+@dataclass
+class _Active:
+    """The session in progress on a bridge."""
+
+    remote: RemoteSession
+    session: Session | None = None
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Bridge:
+    """One bridge's sessions: serving (listening) or connecting, one session at a time."""
+
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        tls: TLSSetup | None,
+        local: LocalEnd,
+        traffic: TrafficLog | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tls = tls
+        self.local = local
+        self.traffic = traffic
+        self.carry = Carry()
+        self.active: _Active | None = None
+        self.stopping = False
+        self._main = trio.CancelScope()
+        self._takeover = trio.Lock()
+        self._pending_handshakes = 0
+        self._local_stream: trio.abc.Stream | None = None
+        self._idle_scope: trio.CancelScope | None = None
+        self._no_session = trio.Event()
+        self._no_session.set()
+        self._dropped_while_idle = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, ready: BridgeReady, task_status: trio.TaskStatus[BridgeReady]) -> int:
+        """Serve or connect until done; returns the exit status."""
+        code = 0
+        with self._main:
+            async with trio.open_nursery() as nursery:
+                if self.local.persistent:
+                    self._local_stream = await self.local.next_stream()
+                    if self.cfg.when_unread == "buffer":
+                        scrollback = ScrollbackEnd(self._local_stream, self.cfg.scrollback)
+                        self._local_stream = scrollback
+                        nursery.start_soon(scrollback.run)
+                    if self.cfg.when_disconnected == "drop":
+                        nursery.start_soon(self._drop_while_disconnected)
+                if self.cfg.listen:
+                    await self._serve(ready, task_status)
+                else:
+                    task_status.started(ready)
+                    code = await self._connect()
+                nursery.cancel_scope.cancel()
+        return code
+
+    async def shutdown_on(self, event: trio.Event) -> None:
+        """Wait for ``event``, then end gracefully within ``shutdown_grace`` seconds."""
+        await event.wait()
+        self.stopping = True
+        active = self.active
+        if active is not None and active.session is not None:
+            active.session.drain("bridge shutting down")
+            with trio.move_on_after(self.cfg.shutdown_grace):
+                await active.done.wait()
+        self._main.cancel()
+
+    # -- one session ---------------------------------------------------------------------
+
+    async def _session(self, active: _Active, local_stream: trio.abc.Stream) -> SessionStats:
+        """Splice one remote session with the local end and log how it went."""
+        remote = active.remote
+        session = Session(
             local_stream,
             remote.stream,
-            local_persistent=local.persistent,
-            carry=carry,
-            stats=stats,
+            local_persistent=self.local.persistent,
+            carry=self.carry,
+            idle_timeout=self.cfg.idle_timeout,
+            tap_to_remote=self.traffic.to_remote if self.traffic else None,
+            tap_to_local=self.traffic.to_local if self.traffic else None,
         )
-    finally:
-        with trio.CancelScope(shield=True):
-            await remote.stream.aclose()
-            if not local.persistent:
-                await local_stream.aclose()
-        _log_disconnect(remote, stats, trio.current_time() - began)
-    lasted = trio.current_time() - began
-    if (
-        tls is not None
-        and not tls.server_side
-        and remote.ragged_eof
-        and stats.to_local == 0
-        and lasted < _QUICK_REJECT_SECONDS
-    ):
-        stats.failure = (
-            "the server closed the connection right after the handshake without a TLS alert:"
-            " it probably rejected our client certificate (QEMU does this when the certificate"
-            " fails verification or tls-authz)"
-        )
-        log.error("%s: %s", remote.peer, stats.failure)
-    return stats
+        active.session = session
+        if self.stopping:
+            session.drain("bridge shutting down")
+        began = trio.current_time()
+        try:
+            with active.cancel:
+                await session.run()
+        finally:
+            with trio.CancelScope(shield=True):
+                await remote.stream.aclose()
+                if not self.local.persistent:
+                    await local_stream.aclose()
+            _log_disconnect(remote, session.stats, trio.current_time() - began)
+            active.done.set()
+        stats = session.stats
+        if (
+            self.tls is not None
+            and not self.tls.server_side
+            and remote.ragged_eof
+            and stats.to_local == 0
+            and trio.current_time() - began < _QUICK_REJECT_SECONDS
+        ):
+            stats.failure = (
+                "the server closed the connection right after the handshake without a TLS"
+                " alert: it probably rejected our client certificate (QEMU does this when the"
+                " certificate fails verification or tls-authz)"
+            )
+            log.error("%s: %s", remote.peer, stats.failure)
+        return stats
+
+    async def _open_local(self) -> trio.abc.Stream:
+        if self._local_stream is not None:
+            return self._local_stream
+        return await self.local.next_stream()
+
+    async def _drop_while_disconnected(self) -> None:
+        """``--when-disconnected drop``: between sessions, read and discard local bytes."""
+        assert self._local_stream is not None
+        while True:
+            await self._no_session.wait()
+            with trio.CancelScope() as self._idle_scope:
+                data = await self._local_stream.receive_some()
+                if not data:
+                    return
+                if self.traffic is not None:
+                    self.traffic.to_remote(data)
+                if self._dropped_while_idle == 0:
+                    log.warning(
+                        "no remote connected: dropping local bytes (--when-disconnected drop)"
+                    )
+                self._dropped_while_idle += len(data)
+            self._idle_scope = None
+
+    def _claim(self, remote: RemoteSession) -> _Active:
+        """Mark ``remote`` as the active session; stops the idle discarder first."""
+        self._no_session = trio.Event()
+        if self._idle_scope is not None:
+            # Cancelling a trio receive loses nothing: the bytes go to the session instead.
+            self._idle_scope.cancel()
+        if self._dropped_while_idle:
+            log.warning("%d local bytes were dropped while disconnected", self._dropped_while_idle)
+            self._dropped_while_idle = 0
+        self.active = _Active(remote)
+        return self.active
+
+    def _release(self, active: _Active) -> None:
+        if self.active is active:
+            self.active = None
+            self._no_session.set()
+
+    # -- listening -----------------------------------------------------------------------
+
+    async def _serve(self, ready: BridgeReady, task_status: trio.TaskStatus[BridgeReady]) -> None:
+        """A listening bridge: one session at a time, as on a serial line."""
+        cfg = self.cfg
+        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            kind = "TLS" if self.tls else "plain TCP"
+            log.info("listening on %s (%s)", format_hostport(host, port), kind)
+            if port not in ready.ports:
+                ready.ports.append(port)
+        task_status.started(ready)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while not self.stopping:
+            try:
+                tcp = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: say so, back off briefly, keep serving.
+                log.error("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self._handle, tcp)
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        cfg = self.cfg
+        peer = peer_name(tcp)
+        busy = self._busy_reason()
+        if busy is not None:
+            log.warning("refused %s: %s", peer, busy)
+            await trio.aclose_forcefully(tcp)
+            return
+        self._pending_handshakes += 1
+        try:
+            remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
+        except TLSHandshakeError as exc:
+            log.warning("TLS handshake with %s failed: %s", peer, describe_tls_error(exc))
+            return
+        except trio.TooSlowError:
+            log.warning("dropped %s: no TLS handshake within %gs", peer, cfg.handshake_timeout)
+            return
+        except PeerRejected as exc:
+            log.warning("denied %s: %s", peer, exc)
+            return
+        finally:
+            self._pending_handshakes -= 1
+        async with self._takeover:
+            old = self.active
+            if old is not None and cfg.second_client == "replace":
+                log.warning(
+                    "%s replaces the session with %s (--second-client replace)",
+                    peer,
+                    old.remote.peer,
+                )
+                if old.session is not None:
+                    old.session.drain(f"replaced by {peer}")
+                with trio.move_on_after(cfg.shutdown_grace):
+                    await old.done.wait()
+                old.cancel.cancel()
+                await old.done.wait()
+            elif old is not None:
+                log.warning("refused %s: a session with %s is active", peer, old.remote.peer)
+                await trio.aclose_forcefully(remote.stream)
+                return
+            if self.stopping:
+                await trio.aclose_forcefully(remote.stream)
+                return
+            active = self._claim(remote)
+        try:
+            log.info("session from %s: %s", peer, remote.describe())
+            try:
+                local_stream = await self._open_local_with_retry()
+            except OSError as exc:
+                log.error(
+                    "closing %s: cannot open local end %s: %s", peer, self.local.describe(), exc
+                )
+                await trio.aclose_forcefully(remote.stream)
+                active.done.set()
+                return
+            await self._session(active, local_stream)
+        finally:
+            self._release(active)
+        if self.local.exhausted:
+            log.info("local end %s has ended; stopping", self.local.describe())
+            self._main.cancel()
+
+    def _busy_reason(self) -> str | None:
+        if self.stopping:
+            return "the bridge is shutting down"
+        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            return f"{MAX_PENDING_HANDSHAKES} handshakes already in progress"
+        if self.active is not None and self.cfg.second_client == "reject":
+            return f"a session with {self.active.remote.peer} is active (--second-client reject)"
+        return None
+
+    async def _open_local_with_retry(self) -> trio.abc.Stream:
+        """The local stream; a socket end that is not there yet is retried for a while."""
+        backoff = Backoff(0.1, 5.0)
+        deadline = trio.current_time() + _LOCAL_WAIT_SECONDS
+        while True:
+            try:
+                return await self._open_local()
+            except OSError as exc:
+                if trio.current_time() >= deadline:
+                    raise
+                delay = backoff.next_delay()
+                log.warning(
+                    "local end %s not there (%s); retrying in %.1fs",
+                    self.local.describe(),
+                    exc.strerror or exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+
+    # -- connecting ----------------------------------------------------------------------
+
+    async def _connect(self) -> int:
+        """A connecting bridge: one session, or sessions forever with ``reconnect``."""
+        cfg = self.cfg
+        target = format_hostport(cfg.host, cfg.port)
+        backoff = Backoff(cfg.reconnect or 0.0, max(cfg.reconnect_max, cfg.reconnect or 0.0))
+        repeats = RepeatFilter()
+        while not self.stopping:
+            began = trio.current_time()
+            failure = await self._connect_once(target, repeats)
+            if self.local.exhausted or self.stopping:
+                return 0
+            if cfg.reconnect is None:
+                return 0 if failure is None else 1
+            if trio.current_time() - began >= _STABLE_SESSION_SECONDS:
+                backoff.reset()
+            delay = backoff.next_delay()
+            log.debug("reconnecting to %s in %.1fs", target, delay)
+            await trio.sleep(delay)
+        return 0
+
+    async def _connect_once(self, target: str, repeats: RepeatFilter) -> str | None:
+        """One attempt: local stream, TCP, TLS, session. Returns the failure, if any."""
+        cfg = self.cfg
+        try:
+            local_stream = await self._open_local()
+        except OSError as exc:
+            failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
+            log.error("%s", failure)
+            return failure
+        try:
+            tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
+            remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
+        except _CONNECT_ERRORS as exc:
+            if not self.local.persistent:
+                await trio.aclose_forcefully(local_stream)
+            if isinstance(exc, trio.TooSlowError):
+                failure = f"no TLS handshake within {cfg.handshake_timeout:g}s"
+            elif isinstance(exc, PeerRejected):
+                failure = f"server denied by our policy: {exc}"
+            else:
+                failure = describe_tls_error(exc)
+            log_it, count = repeats.should_log(failure)
+            if log_it or cfg.reconnect is None:
+                again = f" ({count} times in a row)" if count > 1 else ""
+                log.error("cannot connect to %s: %s%s", target, failure, again)
+            return failure
+        log.info("connected to %s: %s", remote.peer, remote.describe())
+        active = self._claim(remote)
+        try:
+            stats = await self._session(active, local_stream)
+        finally:
+            self._release(active)
+        if stats.failure is None:
+            repeats.reset()
+        return stats.failure
 
 
 def _log_disconnect(remote: RemoteSession, stats: SessionStats, lasted: float) -> None:
     if stats.failure is not None:
         how = f"{stats.failed_side} failed: {stats.failure}"
+    elif stats.ended_by is not None:
+        how = stats.ended_by
     elif stats.remote_eof:
         how = "remote closed without TLS close_notify" if remote.ragged_eof else "remote closed"
     elif stats.local_eof:
@@ -189,131 +437,3 @@ def _log_disconnect(remote: RemoteSession, stats: SessionStats, lasted: float) -
         stats.to_local,
         how,
     )
-
-
-async def _serve(
-    cfg: BridgeConfig,
-    tls: TLSSetup | None,
-    local: LocalEnd,
-    ready: BridgeReady,
-    task_status: trio.TaskStatus[BridgeReady],
-) -> int:
-    """A listening bridge: one session at a time, as on a serial line."""
-    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-    for listener in listeners:
-        host, port = listener.socket.getsockname()[:2]
-        log.info("listening on %s (%s)", format_hostport(host, port), "TLS" if tls else "plain TCP")
-        if port not in ready.ports:
-            ready.ports.append(port)
-    task_status.started(ready)
-    carry = Carry()
-    active: RemoteSession | None = None
-    pending = 0
-
-    async def handle(tcp: trio.SocketStream) -> None:
-        nonlocal active, pending
-        peer = peer_name(tcp)
-        if active is not None or pending >= MAX_PENDING_HANDSHAKES:
-            busy = f"a session with {active.peer} is active" if active else "too many handshakes"
-            log.warning("refused %s: %s", peer, busy)
-            await trio.aclose_forcefully(tcp)
-            return
-        pending += 1
-        try:
-            remote = await start_session(tcp, tls, handshake_timeout=cfg.handshake_timeout)
-        except TLSHandshakeError as exc:
-            log.warning("TLS handshake with %s failed: %s", peer, describe_tls_error(exc))
-            return
-        except trio.TooSlowError:
-            log.warning("dropped %s: no TLS handshake within %gs", peer, cfg.handshake_timeout)
-            return
-        except PeerRejected as exc:
-            log.warning("denied %s: %s", peer, exc)
-            return
-        finally:
-            pending -= 1
-        if active is not None:
-            log.warning("refused %s: a session with %s is active", peer, active.peer)
-            await trio.aclose_forcefully(remote.stream)
-            return
-        active = remote
-        try:
-            log.info("session from %s: %s", peer, remote.describe())
-            try:
-                local_stream = await local.next_stream()
-            except OSError as exc:
-                log.error("closing %s: cannot open local end %s: %s", peer, local.describe(), exc)
-                await trio.aclose_forcefully(remote.stream)
-                return
-            await _run_session(remote, local_stream, local, carry, tls)
-        finally:
-            active = None
-        if local.exhausted:
-            log.info("local end %s has ended; stopping", local.describe())
-            nursery.cancel_scope.cancel()
-
-    async def accept_loop(listener: trio.SocketListener) -> None:
-        while True:
-            try:
-                tcp = await listener.accept()
-            except OSError as exc:
-                # EMFILE and friends: say so, back off briefly, keep serving.
-                log.error("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(handle, tcp)
-
-    async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(accept_loop, listener)
-    return 0
-
-
-async def _connect(cfg: BridgeConfig, tls: TLSSetup | None, local: LocalEnd) -> int:
-    """A connecting bridge: one session, or sessions forever with ``reconnect``."""
-    target = format_hostport(cfg.host, cfg.port)
-    backoff = Backoff(cfg.reconnect or 0.0, max(cfg.reconnect_max, cfg.reconnect or 0.0))
-    repeats = RepeatFilter()
-    carry = Carry()
-    while True:
-        began = trio.current_time()
-        failure: str | None = None
-        try:
-            local_stream = await local.next_stream()
-        except OSError as exc:
-            log.error("cannot open local end %s: %s", local.describe(), exc)
-            if cfg.reconnect is None:
-                return 1
-            await trio.sleep(backoff.next_delay())
-            continue
-        try:
-            tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
-            remote = await start_session(tcp, tls, handshake_timeout=cfg.handshake_timeout)
-        except _CONNECT_ERRORS as exc:
-            if not local.persistent:
-                await trio.aclose_forcefully(local_stream)
-            if isinstance(exc, trio.TooSlowError):
-                failure = f"no TLS handshake within {cfg.handshake_timeout:g}s"
-            elif isinstance(exc, PeerRejected):
-                failure = f"server denied by our policy: {exc}"
-            else:
-                failure = describe_tls_error(exc)
-            log_it, count = repeats.should_log(failure)
-            if log_it or cfg.reconnect is None:
-                again = f" ({count} times in a row)" if count > 1 else ""
-                log.error("cannot connect to %s: %s%s", target, failure, again)
-        else:
-            log.info("connected to %s: %s", remote.peer, remote.describe())
-            stats = await _run_session(remote, local_stream, local, carry, tls)
-            failure = stats.failure
-            if failure is None:
-                repeats.reset()
-        if local.exhausted:
-            return 0
-        if cfg.reconnect is None:
-            return 0 if failure is None else 1
-        if trio.current_time() - began >= _STABLE_SESSION_SECONDS:
-            backoff.reset()
-        delay = backoff.next_delay()
-        log.debug("reconnecting to %s in %.1fs", target, delay)
-        await trio.sleep(delay)

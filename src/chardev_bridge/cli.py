@@ -17,7 +17,9 @@ from chardev_bridge.config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_RECONNECT_MAX,
+    DEFAULT_SCROLLBACK,
     BridgeConfig,
+    TrafficLogConfig,
 )
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from chardev_bridge.tlspolicy import CredentialError
@@ -42,6 +44,14 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
     return value
+
+
+def _byte_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    if not number.isdigit() or int(number) * unit < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 65536, 64K, 1M)")
+    return int(number) * unit
 
 
 def _local_spec(text: str) -> LocalSpec:
@@ -100,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="drop a peer that has not finished its TLS handshake by then"
         f" (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    net.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="end a session after SECONDS with no bytes either way (default: never)",
+    )
+    net.add_argument(
+        "--second-client",
+        choices=("reject", "replace"),
+        default="reject",
+        help="a listening bridge with a session active: refuse a new client (default), or let"
+        " the new authenticated client take over (ser2net's kickolduser)",
     )
     tls = p.add_argument_group("TLS")
     tls.add_argument(
@@ -162,6 +185,49 @@ def build_parser() -> argparse.ArgumentParser:
         " tcp-listen:HOST:PORT, stdio",
     )
     loc.add_argument("--link", type=Path, metavar="PATH", help="symlink PATH to the new pty")
+    loc.add_argument(
+        "--when-disconnected",
+        choices=("block", "drop"),
+        default="block",
+        help="local bytes while no remote is connected: keep them for the next session"
+        " (block, default: writers wait) or drop them (QEMU's behaviour)",
+    )
+    loc.add_argument(
+        "--when-unread",
+        choices=("block", "buffer"),
+        default="block",
+        help="remote bytes the local end does not read: back-pressure (block, default), or"
+        " keep the newest --scrollback bytes and drop the oldest (buffer)",
+    )
+    loc.add_argument(
+        "--scrollback",
+        type=_byte_size,
+        default=DEFAULT_SCROLLBACK,
+        metavar="BYTES",
+        help=f"scrollback size for --when-unread buffer (default {DEFAULT_SCROLLBACK}; K/M/G ok)",
+    )
+    trace = p.add_argument_group("traffic log")
+    trace.add_argument(
+        "--logfile",
+        type=Path,
+        metavar="FILE",
+        help="copy what the bridge sends to the remote into FILE (QEMU's logfile)",
+    )
+    trace.add_argument(
+        "--logappend", action="store_true", help="append to --logfile instead of truncating it"
+    )
+    trace.add_argument(
+        "--logfile-direction",
+        choices=("to-remote", "both"),
+        default="to-remote",
+        help="log only what goes to the remote (QEMU's meaning, default) or both directions",
+    )
+    trace.add_argument(
+        "--log-format",
+        choices=("raw", "hex"),
+        default="raw",
+        help="raw bytes (default) or timestamped hex dump lines with > / < direction marks",
+    )
     out = p.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     out.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
@@ -188,6 +254,21 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         reconnect=args.reconnect,
         reconnect_max=args.reconnect_max,
         handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout,
+        second_client=args.second_client,
+        when_disconnected=args.when_disconnected,
+        when_unread=args.when_unread,
+        scrollback=args.scrollback,
+        traffic_log=(
+            TrafficLogConfig(
+                path=args.logfile,
+                append=args.logappend,
+                direction=args.logfile_direction,
+                format=args.log_format,
+            )
+            if args.logfile
+            else None
+        ),
     )
 
 
@@ -202,17 +283,23 @@ class _AnnounceReady:
 
 async def _run(cfg: BridgeConfig) -> int:
     result = 0
+    shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+                    name = signal.Signals(signum).name
+                    if shutdown.is_set():
+                        log.info("%s again: stopping now", name)
+                        nursery.cancel_scope.cancel()
+                    else:
+                        log.info("%s: shutting down (in-flight bytes first)", name)
+                        shutdown.set()
 
             async def bridge() -> None:
                 nonlocal result
-                result = await run_bridge(cfg, task_status=_AnnounceReady())
+                result = await run_bridge(cfg, shutdown=shutdown, task_status=_AnnounceReady())
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
@@ -233,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--link only applies to --local pty")
     if args.reconnect is not None and args.server:
         parser.error("--reconnect applies to a connecting bridge, not --server")
+    if args.logappend and args.logfile is None:
+        parser.error("--logappend needs --logfile")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s chardev-bridge: %(message)s", stream=sys.stderr

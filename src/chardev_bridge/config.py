@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.tlspolicy import Endpoint
@@ -13,6 +14,20 @@ DEFAULT_PORT = 9000
 DEFAULT_HOST = "localhost"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_RECONNECT_MAX = 30.0
+DEFAULT_SCROLLBACK = 1024 * 1024
+DEFAULT_SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class TrafficLogConfig:
+    """QEMU's ``logfile``/``logappend``, plus direction and format choices for debugging."""
+
+    path: Path
+    append: bool = False
+    # "to-remote": what the bridge sends to the remote (QEMU's meaning); "both": both ways.
+    direction: Literal["to-remote", "both"] = "to-remote"
+    # "raw": the bytes as they are; "hex": timestamped hex dump lines.
+    format: Literal["raw", "hex"] = "raw"
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,18 @@ class BridgeConfig:
     reconnect: float | None = None
     reconnect_max: float = DEFAULT_RECONNECT_MAX
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    # End a session with no bytes either way for this long (None: never).
+    idle_timeout: float | None = None
+    # A second client while a session is active: refuse it, or let it take over.
+    second_client: Literal["reject", "replace"] = "reject"
+    # Local bytes while no remote is connected: wait for the next session, or drop (QEMU).
+    when_disconnected: Literal["block", "drop"] = "block"
+    # Remote bytes the local end does not read: back-pressure, or a bounded scrollback.
+    when_unread: Literal["block", "buffer"] = "block"
+    scrollback: int = DEFAULT_SCROLLBACK
+    traffic_log: TrafficLogConfig | None = None
+    # On SIGTERM/SIGINT: how long in-flight bytes may take to drain before we cut.
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
     @property
     def endpoint(self) -> Endpoint:

@@ -11,11 +11,14 @@ Read this top to bottom; it is the whole of how bytes move.
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
   delivered; then a socket local end gets ``send_eof`` and may still answer, while a persistent
   end (a serial line) simply ends the session: it outlives remote peers.
+* **Graceful end.** :meth:`Session.drain` (shutdown, a replacing client, the idle timeout) stops
+  both reads, lets the bytes already read reach their destination, then sends close_notify.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -28,7 +31,12 @@ log = logging.getLogger("chardev_bridge")
 # per write, bounded so memory per session stays small.
 CHUNK = 256 * 1024
 
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# A local end that takes no bytes for this long is reported: the remote is being stalled.
+UNREAD_WARNING_SECONDS = 10.0
+
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+Tap = Callable[[bytes | bytearray], None]
 
 
 @dataclass
@@ -48,7 +56,172 @@ class SessionStats:
     remote_eof: bool = False
     # A one-line reason when a side failed (not a clean EOF), else None.
     failure: str | None = None
-    failed_side: str | None = field(default=None)
+    failed_side: str | None = None
+    # Why the session was drained (shutdown, replaced, idle), else None.
+    ended_by: str | None = None
+    last_activity: float = field(default_factory=trio.current_time)
+
+
+class _Reader:
+    """Receives from one stream in a cancel scope that can be stopped from outside.
+
+    Cancelling a trio receive loses no data, so stopping a reader is always safe.
+    """
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._scope: trio.CancelScope | None = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def receive(self) -> bytes | bytearray | None:
+        """The next bytes; ``b""`` at EOF; None once stopped."""
+        if self.stopped:
+            return None
+        with trio.CancelScope() as self._scope:
+            try:
+                return await self._stream.receive_some(CHUNK)
+            finally:
+                self._scope = None
+        return None
+
+
+class Session:
+    """One local⇄remote splice; :meth:`run` moves the bytes until the session is over."""
+
+    def __init__(
+        self,
+        local: trio.abc.Stream,
+        remote: trio.abc.Stream,
+        *,
+        local_persistent: bool,
+        carry: Carry | None = None,
+        idle_timeout: float | None = None,
+        tap_to_remote: Tap | None = None,
+        tap_to_local: Tap | None = None,
+    ) -> None:
+        self.local = local
+        self.remote = remote
+        self.local_persistent = local_persistent
+        self.carry = carry if carry is not None else Carry()
+        self.idle_timeout = idle_timeout
+        self.tap_to_remote = tap_to_remote
+        self.tap_to_local = tap_to_local
+        self.stats = SessionStats()
+        self._local_reader = _Reader(local)
+        self._remote_reader = _Reader(remote)
+        self._up_scope = trio.CancelScope()
+        self._delivering_since: float | None = None
+
+    def drain(self, why: str) -> None:
+        """End the session gracefully: stop reading, deliver what was read, close_notify."""
+        if self.stats.ended_by is None:
+            self.stats.ended_by = why
+        self._local_reader.stop()
+        self._remote_reader.stop()
+
+    def _fail(self, side: str, exc: BaseException, nursery: trio.Nursery) -> None:
+        if self.stats.failure is None:
+            self.stats.failure = describe_tls_error(exc)
+            self.stats.failed_side = side
+        if side == "remote":
+            # Stop talking to the dead remote, but let bytes that already arrived from it
+            # finish reaching the local end.
+            self._up_scope.cancel()
+            self._remote_reader.stop()
+        else:
+            nursery.cancel_scope.cancel()
+
+    async def run(self) -> SessionStats:
+        """Move bytes both ways until both directions are done; never closes a stream."""
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._watch)
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(self._local_to_remote, pumps)
+                pumps.start_soon(self._remote_to_local, pumps)
+            outer.cancel_scope.cancel()
+        return self.stats
+
+    async def _local_to_remote(self, nursery: trio.Nursery) -> None:
+        stats, carry = self.stats, self.carry
+        with self._up_scope:
+            while True:
+                if not carry.pending:
+                    try:
+                        data = await self._local_reader.receive()
+                    except STREAM_ERRORS as exc:
+                        return self._fail("local", exc, nursery)
+                    if data is None:
+                        break
+                    if not data:
+                        stats.local_eof = True
+                        break
+                    if self.tap_to_remote is not None:
+                        self.tap_to_remote(data)
+                    carry.pending = data
+                try:
+                    await self.remote.send_all(carry.pending)
+                except STREAM_ERRORS as exc:
+                    return self._fail("remote", exc, nursery)
+                stats.to_remote += len(carry.pending)
+                stats.last_activity = trio.current_time()
+                carry.pending = b""
+            await _send_eof(self.remote)
+
+    async def _remote_to_local(self, nursery: trio.Nursery) -> None:
+        stats = self.stats
+        while True:
+            try:
+                data = await self._remote_reader.receive()
+            except STREAM_ERRORS as exc:
+                return self._fail("remote", exc, nursery)
+            if data is None:
+                return
+            if not data:
+                break
+            if self.tap_to_local is not None:
+                self.tap_to_local(data)
+            self._delivering_since = trio.current_time()
+            try:
+                await self.local.send_all(data)
+            except STREAM_ERRORS as exc:
+                return self._fail("local", exc, nursery)
+            self._delivering_since = None
+            stats.to_local += len(data)
+            stats.last_activity = trio.current_time()
+        stats.remote_eof = True
+        if self.local_persistent:
+            # The line stays; this remote session is over. Cancelling is safe: a chunk
+            # the other pump holds stays in `carry` for the next session.
+            self._up_scope.cancel()
+        else:
+            await _send_eof(self.local)
+
+    async def _watch(self) -> None:
+        """Report a local end nobody reads; drain the session when idle too long."""
+        warned_at: float | None = None
+        while True:
+            await trio.sleep(1)
+            now = trio.current_time()
+            since = self._delivering_since
+            if since is not None and now - since >= UNREAD_WARNING_SECONDS:
+                if warned_at != since:
+                    warned_at = since
+                    log.warning(
+                        "the local end has taken no bytes for %.0fs: the remote peer is"
+                        " stalled until something reads it (see --when-unread)",
+                        now - since,
+                    )
+            elif warned_at is not None and since is None:
+                log.info("the local end is being read again")
+                warned_at = None
+            idle = now - self.stats.last_activity
+            if self.idle_timeout is not None and idle >= self.idle_timeout:
+                self.drain(f"idle for {idle:.0f}s (--idle-timeout)")
 
 
 async def splice(
@@ -57,89 +230,10 @@ async def splice(
     *,
     local_persistent: bool,
     carry: Carry | None = None,
-    stats: SessionStats | None = None,
 ) -> SessionStats:
-    """Move bytes both ways until the session is over; never closes either stream.
-
-    ``stats`` (updated as bytes move) may be passed in so that the caller still has the
-    counts when the session is cancelled.
-    """
-    stats = stats if stats is not None else SessionStats()
-    carry = carry if carry is not None else Carry()
-    up_scope = trio.CancelScope()
-    # The scope of the remote receive in progress, so that a remote failure seen by the
-    # other pump can stop it without interrupting a delivery to the local end.
-    receiving: list[trio.CancelScope] = []
-
-    async with trio.open_nursery() as nursery:
-
-        def fail(side: str, exc: BaseException) -> None:
-            if stats.failure is None:
-                stats.failure = describe_tls_error(exc)
-                stats.failed_side = side
-            if side == "remote":
-                # Stop talking to the dead remote, but let bytes that already arrived from it
-                # finish reaching the local end.
-                up_scope.cancel()
-                for scope in receiving:
-                    scope.cancel()
-            else:
-                nursery.cancel_scope.cancel()
-
-        async def local_to_remote() -> None:
-            with up_scope:
-                while True:
-                    if not carry.pending:
-                        try:
-                            data = await local.receive_some(CHUNK)
-                        except _STREAM_ERRORS as exc:
-                            return fail("local", exc)
-                        if not data:
-                            stats.local_eof = True
-                            await _send_eof(remote)
-                            return
-                        carry.pending = data
-                    try:
-                        await remote.send_all(carry.pending)
-                    except _STREAM_ERRORS as exc:
-                        return fail("remote", exc)
-                    stats.to_remote += len(carry.pending)
-                    carry.pending = b""
-
-        async def receive_from_remote() -> bytes | bytearray | None:
-            """The next bytes from the remote: b"" at its EOF, None once it has failed."""
-            if stats.failed_side == "remote":
-                return None
-            with trio.CancelScope() as scope:
-                receiving.append(scope)
-                try:
-                    return await remote.receive_some(CHUNK)
-                except _STREAM_ERRORS as exc:
-                    fail("remote", exc)
-                finally:
-                    receiving.remove(scope)
-            return None
-
-        async def remote_to_local() -> None:
-            while data := await receive_from_remote():
-                try:
-                    await local.send_all(data)
-                except _STREAM_ERRORS as exc:
-                    return fail("local", exc)
-                stats.to_local += len(data)
-            if data is None:
-                return
-            stats.remote_eof = True
-            if local_persistent:
-                # The line stays; this remote session is over. Cancelling is safe: a chunk
-                # the other pump holds stays in `carry` for the next session.
-                up_scope.cancel()
-            else:
-                await _send_eof(local)
-
-        nursery.start_soon(local_to_remote)
-        nursery.start_soon(remote_to_local)
-    return stats
+    """Run a :class:`Session` with default settings and return its statistics."""
+    session = Session(local, remote, local_persistent=local_persistent, carry=carry)
+    return await session.run()
 
 
 async def _send_eof(stream: trio.abc.Stream) -> None:
@@ -147,5 +241,5 @@ async def _send_eof(stream: trio.abc.Stream) -> None:
     if isinstance(stream, trio.abc.HalfCloseableStream):
         try:
             await stream.send_eof()
-        except _STREAM_ERRORS:
+        except STREAM_ERRORS:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -18,15 +19,14 @@ class TLSSetup:
     """How TLS is run on remote connections (role independent of who listens on TCP)."""
 
     context: ssl.SSLContext
-    policy: TLSPolicy
+    server_side: bool
     # The name the server certificate must carry (TLS client only; None for a TLS server).
     server_hostname: str | None
+    # Certificate policy applied after the handshake (None: PSK, no certificates).
+    policy: TLSPolicy | None = None
     crl: x509.CertificateRevocationList | None = None
-
-    @property
-    def server_side(self) -> bool:
-        """Whether we are the TLS server."""
-        return self.policy.endpoint == "server"
+    # Called once per connection on the new SSLObject before the handshake (PSK set-up).
+    prepare: Callable[[ssl.SSLObject], None] | None = None
 
 
 @dataclass
@@ -81,7 +81,11 @@ async def start_session(
     if tls is None:
         return RemoteSession(tcp, peer)
     stream = TLSStream(
-        tcp, tls.context, server_side=tls.server_side, server_hostname=tls.server_hostname
+        tcp,
+        tls.context,
+        server_side=tls.server_side,
+        server_hostname=tls.server_hostname,
+        prepare=tls.prepare,
     )
     try:
         with trio.fail_after(handshake_timeout):
@@ -89,6 +93,8 @@ async def start_session(
     except (TLSHandshakeError, trio.TooSlowError):
         await trio.aclose_forcefully(tcp)
         raise
+    if tls.policy is None:
+        return RemoteSession(stream, peer, info)
     try:
         cert = check_peer(
             tls.policy,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -45,9 +46,12 @@ class TLSStream(trio.abc.HalfCloseableStream):
         server_side: bool,
         server_hostname: str | None = None,
         split_last_byte: bool = True,
+        prepare: Callable[[ssl.SSLObject], None] | None = None,
     ) -> None:
         self.transport = transport
         self._engine = TLSEngine(context, server_side=server_side, server_hostname=server_hostname)
+        if prepare is not None:
+            prepare(self._engine.ssl_object)
         self._split_last = split_last_byte
         self._send_lock = trio.StrictFIFOLock()
         self._receiving = False

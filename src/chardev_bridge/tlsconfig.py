@@ -1,0 +1,74 @@
+"""Credentials, priority and allow-list options → the TLS set-up remote connections use."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from chardev_bridge.authz import AuthzList, load_authz_file
+from chardev_bridge.config import BridgeConfig
+from chardev_bridge.credcheck import check_creds, has_errors
+from chardev_bridge.priority import resolve_priority
+from chardev_bridge.remote import TLSSetup
+from chardev_bridge.tlspolicy import (
+    CredentialError,
+    TLSPolicy,
+    load_crl,
+    load_x509_creds,
+    make_ssl_context,
+    server_hostname_for,
+)
+
+log = logging.getLogger("chardev_bridge")
+
+
+def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
+    """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials.
+
+    Raises ``CredentialError`` (every error QEMU would report, one per line) or
+    ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
+    """
+    if cfg.tls_creds is None:
+        return None
+    password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
+    findings = check_creds(cfg.tls_creds, cfg.endpoint, password=password)
+    for finding in findings:
+        if finding.level == "warning":
+            log.warning("%s", finding.message)
+    if has_errors(findings):
+        raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
+    chosen = resolve_priority(cfg.tls_priority)
+    log.info("TLS priority %s, from %s", chosen.priority.text, chosen.source)
+    authz = _build_authz(cfg)
+    policy = TLSPolicy(
+        creds=load_x509_creds(cfg.tls_creds, cfg.endpoint),
+        verify_peer=cfg.verify_peer,
+        hostname=cfg.tls_hostname,
+        key_password=password,
+        authz=authz,
+        priority=chosen.priority,
+    )
+    return TLSSetup(
+        context=make_ssl_context(policy),
+        server_side=policy.endpoint == "server",
+        server_hostname=server_hostname_for(policy, cfg.host),
+        policy=policy,
+        crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
+    )
+
+
+def _read_password(path: Path) -> bytes:
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
+
+
+def _build_authz(cfg: BridgeConfig) -> AuthzList | None:
+    if cfg.tls_authz_file is not None:
+        if cfg.tls_authz:
+            raise CredentialError("give --tls-authz or --tls-authz-file, not both")
+        return load_authz_file(cfg.tls_authz_file)
+    if cfg.tls_authz:
+        return AuthzList.from_patterns(cfg.tls_authz)
+    return None

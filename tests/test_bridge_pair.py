@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,48 @@ async def test_pty_path_survives_remote_sessions(pki: PKI) -> None:
                         assert await read_until(app, message) == message
                         await sock.aclose()
             assert os.path.exists(server.pty_path)
+
+
+async def test_max_sessions_gives_each_local_client_its_own_tls_session(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+
+    async def echo(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+        echo_port = listeners[0].socket.getsockname()[1]
+        server_cfg = server_config(
+            pki, LocalSpec("tcp", host="127.0.0.1", port=echo_port), max_sessions=3
+        )
+        with trio.fail_after(20):
+            async with running_bridge(server_cfg) as server:
+                probe = trio.socket.socket()
+                await probe.bind(("127.0.0.1", 0))
+                local_port = probe.getsockname()[1]
+                probe.close()
+                client_cfg = client_config(
+                    pki,
+                    server.ports[0],
+                    LocalSpec("tcp-listen", host="127.0.0.1", port=local_port),
+                    max_sessions=3,
+                )
+                async with running_bridge(client_cfg):
+                    apps = [await trio.open_tcp_stream("127.0.0.1", local_port) for _ in range(3)]
+                    payloads = [os.urandom(200_000) for _ in apps]
+                    results: dict[int, bytes] = {}
+
+                    async def run(i: int) -> None:
+                        results[i] = await exchange(apps[i], payloads[i])
+
+                    async with trio.open_nursery() as clients:
+                        for i in range(3):
+                            clients.start_soon(run, i)
+                    for app in apps:
+                        await app.aclose()
+        nursery.cancel_scope.cancel()
+    assert [results[i] for i in range(3)] == payloads
+    assert caplog.text.count("session from 127.0.0.1") == 3

@@ -112,7 +112,10 @@ class Bridge:
         self.local = local
         self.traffic = traffic
         self.carry = Carry()
-        self.active: _Active | None = None
+        # Sessions in progress: one at most, unless max_sessions allows more for a socket
+        # local end (each session then has a local connection of its own).
+        self.sessions: list[_Active] = []
+        self.max_sessions = cfg.max_sessions if not local.persistent else 1
         self.stopping = False
         self._main = trio.CancelScope()
         self._takeover = trio.Lock()
@@ -150,10 +153,11 @@ class Bridge:
         """Wait for ``event``, then end gracefully within ``shutdown_grace`` seconds."""
         await event.wait()
         self.stopping = True
-        active = self.active
-        if active is not None and active.session is not None:
-            active.session.drain("bridge shutting down")
-            with trio.move_on_after(self.cfg.shutdown_grace):
+        with trio.move_on_after(self.cfg.shutdown_grace):
+            for active in list(self.sessions):
+                if active.session is not None:
+                    active.session.drain("bridge shutting down")
+            for active in list(self.sessions):
                 await active.done.wait()
         self._main.cancel()
 
@@ -166,7 +170,7 @@ class Bridge:
             local_stream,
             remote.stream,
             local_persistent=self.local.persistent,
-            carry=self.carry,
+            carry=self.carry if self.local.persistent else Carry(),
             idle_timeout=self.cfg.idle_timeout,
             tap_to_remote=self.traffic.to_remote if self.traffic else None,
             tap_to_local=self.traffic.to_local if self.traffic else None,
@@ -233,12 +237,14 @@ class Bridge:
         if self._dropped_while_idle:
             log.warning("%d local bytes were dropped while disconnected", self._dropped_while_idle)
             self._dropped_while_idle = 0
-        self.active = _Active(remote)
-        return self.active
+        active = _Active(remote)
+        self.sessions.append(active)
+        return active
 
     def _release(self, active: _Active) -> None:
-        if self.active is active:
-            self.active = None
+        if active in self.sessions:
+            self.sessions.remove(active)
+        if not self.sessions:
             self._no_session.set()
 
     # -- listening -----------------------------------------------------------------------
@@ -292,7 +298,7 @@ class Bridge:
         finally:
             self._pending_handshakes -= 1
         async with self._takeover:
-            old = self.active
+            old = self.sessions[0] if len(self.sessions) >= self.max_sessions else None
             if old is not None and cfg.second_client == "replace":
                 log.warning(
                     "%s replaces the session with %s (--second-client replace)",
@@ -336,8 +342,11 @@ class Bridge:
             return "the bridge is shutting down"
         if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
             return f"{MAX_PENDING_HANDSHAKES} handshakes already in progress"
-        if self.active is not None and self.cfg.second_client == "reject":
-            return f"a session with {self.active.remote.peer} is active (--second-client reject)"
+        if len(self.sessions) >= self.max_sessions and self.cfg.second_client == "reject":
+            if self.max_sessions == 1:
+                peer = self.sessions[0].remote.peer
+                return f"a session with {peer} is active (--second-client reject)"
+            return f"{self.max_sessions} sessions are active (--max-sessions)"
         return None
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
@@ -363,6 +372,9 @@ class Bridge:
 
     async def _connect(self) -> int:
         """A connecting bridge: one session, or sessions forever with ``reconnect``."""
+        if self.max_sessions > 1:
+            await self._connect_per_local_client()
+            return 0
         cfg = self.cfg
         target = format_hostport(cfg.host, cfg.port)
         backoff = Backoff(cfg.reconnect or 0.0, max(cfg.reconnect_max, cfg.reconnect or 0.0))
@@ -381,15 +393,42 @@ class Bridge:
             await trio.sleep(delay)
         return 0
 
-    async def _connect_once(self, target: str, repeats: RepeatFilter) -> str | None:
+    async def _connect_per_local_client(self) -> None:
+        """``--max-sessions N`` with a listening local end: each local client gets its own
+        remote connection, as with stunnel; the N+1st waits in the listen backlog."""
+        slots = trio.Semaphore(self.max_sessions)
+        target = format_hostport(self.cfg.host, self.cfg.port)
+
+        async def one(local_stream: trio.abc.Stream) -> None:
+            try:
+                await self._connect_once(target, RepeatFilter(), local_stream)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while not self.stopping:
+                await slots.acquire()
+                try:
+                    local_stream = await self.local.next_stream()
+                except OSError as exc:
+                    slots.release()
+                    log.error("local accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(one, local_stream)
+
+    async def _connect_once(
+        self, target: str, repeats: RepeatFilter, local_stream: trio.abc.Stream | None = None
+    ) -> str | None:
         """One attempt: local stream, TCP, TLS, session. Returns the failure, if any."""
         cfg = self.cfg
-        try:
-            local_stream = await self._open_local()
-        except OSError as exc:
-            failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
-            log.error("%s", failure)
-            return failure
+        if local_stream is None:
+            try:
+                local_stream = await self._open_local()
+            except OSError as exc:
+                failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
+                log.error("%s", failure)
+                return failure
         try:
             tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
             remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)

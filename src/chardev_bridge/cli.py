@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="end a session after SECONDS with no bytes either way (default: never)",
     )
     net.add_argument(
+        "--max-sessions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="concurrent sessions for a socket --local (each local client or remote client"
+        " gets its own connection on the other side, like stunnel); default 1",
+    )
+    net.add_argument(
         "--second-client",
         choices=("reject", "replace"),
         default="reject",
@@ -255,6 +263,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         reconnect_max=args.reconnect_max,
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
+        max_sessions=args.max_sessions,
         second_client=args.second_client,
         when_disconnected=args.when_disconnected,
         when_unread=args.when_unread,
@@ -320,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--link only applies to --local pty")
     if args.reconnect is not None and args.server:
         parser.error("--reconnect applies to a connecting bridge, not --server")
+    if args.max_sessions < 1:
+        parser.error("--max-sessions must be at least 1")
+    if args.max_sessions > 1 and args.local.kind in ("pty", "tty", "stdio"):
+        parser.error(f"--max-sessions: a {args.local.kind} carries one session at a time")
+    if args.max_sessions > 1 and args.second_client == "replace":
+        parser.error("--second-client replace needs --max-sessions 1")
     if args.logappend and args.logfile is None:
         parser.error("--logappend needs --logfile")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO

@@ -56,6 +56,9 @@ class BridgeConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     # End a session with no bytes either way for this long (None: never).
     idle_timeout: float | None = None
+    # Concurrent sessions for a socket local end (each with its own local connection);
+    # a pty, tty or stdio is one line and always carries one session.
+    max_sessions: int = 1
     # A second client while a session is active: refuse it, or let it take over.
     second_client: Literal["reject", "replace"] = "reject"
     # Local bytes while no remote is connected: wait for the next session, or drop (QEMU).

@@ -16,6 +16,9 @@ from chardev_bridge.tlsengine import TLSEngine
 # decrypts a whole burst instead of one record (trio.SSLStream's limitation).
 TRANSPORT_READ = 256 * 1024
 
+# Plaintext encrypted and sent per step of a large send_all.
+SEND_PIECE = 64 * 1024
+
 
 class TLSHandshakeError(Exception):
     """The handshake failed; ``__cause__`` holds the ``ssl`` error (or transport error)."""
@@ -165,11 +168,17 @@ class TLSStream(trio.abc.HalfCloseableStream):
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
-            try:
-                self._engine.write_plaintext(data, split_last=self._split_last)
-            except ssl.SSLError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            await self._flush()
+            view = memoryview(data)
+            # Encrypt and send in pieces that stay in the CPU cache, rather than growing
+            # the BIO by the whole write; only the last piece gets the QEMU trailing record.
+            for start in range(0, len(view), SEND_PIECE):
+                piece = view[start : start + SEND_PIECE]
+                last = start + SEND_PIECE >= len(view)
+                try:
+                    self._engine.write_plaintext(piece, split_last=last and self._split_last)
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                await self._flush()
         finally:
             self._sending = False
 

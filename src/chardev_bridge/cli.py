@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="password for an encrypted private key (QEMU passwordid)",
     )
     tls.add_argument(
+        "--no-qemu-stall-workaround",
+        dest="qemu_stall_workaround",
+        action="store_false",
+        help="do not end each TLS write with a 1-byte record (needed by QEMU 7.2, which"
+        " otherwise leaves received bytes unprocessed until more arrive)",
+    )
+    tls.add_argument(
         "--tls-priority",
         metavar="STRING",
         help="gnutls priority string as QEMU takes it (NORMAL, SECURE256:-VERS-TLS1.2, @SYSTEM"
@@ -264,6 +271,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
         max_sessions=args.max_sessions,
+        qemu_stall_workaround=args.qemu_stall_workaround,
         second_client=args.second_client,
         when_disconnected=args.when_disconnected,
         when_unread=args.when_unread,

@@ -67,6 +67,8 @@ class BridgeConfig:
     when_unread: Literal["block", "buffer"] = "block"
     scrollback: int = DEFAULT_SCROLLBACK
     traffic_log: TrafficLogConfig | None = None
+    # End each TLS write with a 1-byte record so QEMU 7.2 processes it at once.
+    qemu_stall_workaround: bool = True
     # On SIGTERM/SIGINT: how long in-flight bytes may take to drain before we cut.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 

@@ -33,9 +33,11 @@ TLS_AES_128_GCM_SHA256 or TLS_CHACHA20_POLY1305_SHA256 (gnutls does the same).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import os
 import ssl
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +45,7 @@ from typing import Literal, Protocol, cast
 
 from chardev_bridge.priority import TLS12_SUITES, TlsPriority
 from chardev_bridge.remote import TLSSetup
+from chardev_bridge.tlserrors import describe_tls_error, root_cause
 from chardev_bridge.tlspolicy import CredentialError
 
 log = logging.getLogger("chardev_bridge")
@@ -54,10 +57,11 @@ DH_PARAMS_FILE = "dh-params.pem"
 # QEMU's default identity for a PSK client (crypto/tlscredspsk.c).
 DEFAULT_USERNAME = "qemu"
 INSTALL_HINT = "pip install 'chardev-bridge[psk]'"
-# Longest key and identity every OpenSSL 1.1.1/3.x accepts from a PSK callback
-# (PSK_MAX_PSK_LEN, PSK_MAX_IDENTITY_LEN); longer ones would fail each handshake silently.
+# Longest key and identity that OpenSSL 1.1.1 and 3.x both take from a PSK callback
+# (PSK_MAX_PSK_LEN 256/512, PSK_MAX_IDENTITY_LEN 128/256, less the identity's NUL); longer
+# ones would make every handshake fail without saying why.
 MAX_KEY_BYTES = 256
-MAX_IDENTITY_BYTES = 128
+MAX_IDENTITY_BYTES = 127
 
 # True when this Python's ssl module has the PSK API (3.13+ built with PSK-capable OpenSSL).
 # Tests patch it to exercise the sslpsk3 route on a newer Python.
@@ -157,8 +161,11 @@ def check_psk_available() -> str:
     """Which PSK route this Python uses (for the start-up log); PskUnavailable if none."""
     if NATIVE_PSK:
         return "Python ssl (native PSK API)"
-    module = _import_sslpsk3()
-    return f"sslpsk3 {getattr(module, '__version__', '')}".rstrip()
+    _import_sslpsk3()
+    try:
+        return f"sslpsk3 {importlib.metadata.version('sslpsk3')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "sslpsk3"
 
 
 def _keys_path(directory: str | os.PathLike[str]) -> Path:
@@ -183,6 +190,14 @@ def load_psk_keys(directory: str | os.PathLike[str]) -> dict[str, bytes]:
     unreadable file, and naming the line for a key that is not hex, empty, or too long.
     """
     path = _keys_path(directory)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        # Same warning as `creds check` gives for private keys; QEMU says nothing.
+        log.warning(
+            "PSK file %s is accessible by group or others (mode %04o): chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -408,3 +423,55 @@ def _set_server_callback(ctx: ssl.SSLContext, route: str, callback: ServerCallba
         ctx.set_psk_server_callback(callback, None)
     else:  # pragma: no cover - NATIVE_PSK is False before 3.13
         raise AssertionError("native PSK before Python 3.13")
+
+
+# How a PSK key mismatch shows (OpenSSL reason codes): gnutls cannot decrypt our Finished
+# (TLS 1.2: alert bad_record_mac, or QEMU just closes) or verify our binder (TLS 1.3: alert
+# decrypt_error); as a server we see our peer's binder or Finished fail.
+_KEY_MISMATCH = frozenset(
+    {
+        "SSLV3_ALERT_BAD_RECORD_MAC",
+        "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
+        "TLSV1_ALERT_DECRYPT_ERROR",
+        "BINDER_DOES_NOT_VERIFY",
+        "DIGEST_CHECK_FAILED",
+        "UNEXPECTED_EOF_WHILE_READING",
+    }
+)
+_UNKNOWN_IDENTITY = {
+    # TLS 1.2, as server and client.
+    "PSK_IDENTITY_NOT_FOUND": "the client's PSK identity is not in our keys.psk",
+    "TLSV1_ALERT_UNKNOWN_PSK_IDENTITY": (
+        "the peer does not know our PSK identity (alert unknown_psk_identity)"
+    ),
+    # TLS 1.3 server: no PSK matched, so OpenSSL tried a certificate handshake, and a PSK
+    # server has no certificate.
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": (
+        "the client offered no PSK identity that is in our keys.psk"
+    ),
+}
+# TLS 1.3 client whose identity our peer does not know (OpenSSL peer: handshake_failure).
+_HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+
+
+def describe_psk_failure(exc: BaseException) -> str:
+    """:func:`~chardev_bridge.tlserrors.describe_tls_error` plus what it means with PSK.
+
+    A wrong key never says so on the wire: the peer fails to decrypt or closes. This names
+    the likely cause, so that the log line of a PSK session says what to check.
+    """
+    cause = root_cause(exc)
+    # Python 3.11's table of OpenSSL reason names lacks some PSK ones (unknown_psk_identity
+    # comes as "[SSL] tlsv1 alert unknown psk identity"), so match the text too.
+    code = ""
+    if isinstance(cause, ssl.SSLError):
+        code = f"{cause.reason or ''} {cause}".upper().replace(" ", "_")
+    for reason, words in _UNKNOWN_IDENTITY.items():
+        if reason in code:
+            return words
+    words = describe_tls_error(exc)
+    if isinstance(cause, ssl.SSLEOFError) or any(reason in code for reason in _KEY_MISMATCH):
+        return f"{words}: probably not the same PSK key on both sides (compare keys.psk)"
+    if _HANDSHAKE_FAILURE in code:
+        return f"{words}: the peer may not know our PSK identity"
+    return words

@@ -27,6 +27,8 @@ class TLSSetup:
     crl: x509.CertificateRevocationList | None = None
     # Called once per connection on the new SSLObject before the handshake (PSK set-up).
     prepare: Callable[[ssl.SSLObject], None] | None = None
+    # The QEMU 7.2 input-stall workaround (see TLSEngine.write_plaintext).
+    split_last_byte: bool = True
 
 
 @dataclass
@@ -86,6 +88,7 @@ async def start_session(
         server_side=tls.server_side,
         server_hostname=tls.server_hostname,
         prepare=tls.prepare,
+        split_last_byte=tls.split_last_byte,
     )
     try:
         with trio.fail_after(handshake_timeout):

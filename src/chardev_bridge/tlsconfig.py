@@ -54,6 +54,7 @@ def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
         server_hostname=server_hostname_for(policy, cfg.host),
         policy=policy,
         crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
+        split_last_byte=cfg.qemu_stall_workaround,
     )
 
 

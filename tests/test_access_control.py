@@ -1,0 +1,770 @@
+"""Access control at the bridge level, against real peers (gnutls-cli, QEMU 7.2).
+
+Revocation (``ca-crl.pem``), DN allow-lists (``--tls-authz``, ``--tls-authz-file``, in either
+TLS role), TLS priority strings, encrypted keys and QEMU's load-time checks. Each test runs a
+bridge with a pty as its local end and checks both the bytes that cross (or do not) and the
+log line that says why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from chardev_bridge import pki
+from chardev_bridge.bridge import run_bridge
+from chardev_bridge.config import BridgeConfig
+from chardev_bridge.local import LocalSpec
+from chardev_bridge.priority import LOCAL_POLICY_FILE
+from tests.bridges import open_pty_client, read_until, running_bridge
+from tests.certcraft import DAY, NOW, craft, write_dir
+from tests.peers import Qemu, qemu_errors, qemu_load, require_tool, tls_creds_args
+
+SRC = Path(__file__).parents[1] / "src"
+# gnutls-cli and the bridge must not pick up a priority file from the test's environment.
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "GNUTLS_SYSTEM_PRIORITY_FILE"}
+CLI_ENV = {**BASE_ENV, "PYTHONPATH": str(SRC)}
+GOOD_DN = "O=chardev-bridge,CN=client"  # pki.DEFAULT_CLIENT_DN
+SERVER_DN = "CN=localhost"  # what init_pki gives the server certificate
+PEER = r"127\.0\.0\.1:\d+"
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Creds:
+    """``init_pki`` output plus a second client from the same CA (``other``)."""
+
+    root: Path
+    ca: Path
+    server: Path
+    client: Path
+    other: Path
+    other_leaf: pki.Issued
+
+
+def make_creds(
+    tmp_path: Path, other_dn: str = "O=chardev-bridge,CN=revoked", **init: object
+) -> Creds:
+    root = tmp_path / "pki"
+    layout = pki.init_pki(root, **init)  # type: ignore[arg-type]
+    other = root / "other"
+    leaf = pki.issue_into(layout.ca_dir, other, "client", dn=other_dn)
+    return Creds(root, layout.ca_dir, layout.server_dir, layout.client_dir, other, leaf)
+
+
+def server_cfg(creds_dir: Path, **kw: object) -> BridgeConfig:
+    return BridgeConfig(
+        listen=True,
+        host="127.0.0.1",
+        port=0,
+        local=LocalSpec("pty"),
+        tls_creds=creds_dir,
+        handshake_timeout=5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def client_cfg(creds_dir: Path, port: int, **kw: object) -> BridgeConfig:
+    return BridgeConfig(
+        host="127.0.0.1",
+        port=port,
+        local=LocalSpec("pty"),
+        tls_creds=creds_dir,
+        handshake_timeout=5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# --- logs and bytes ---------------------------------------------------------------------------
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, pattern: str, timeout: float = 10) -> str:
+    """The first chardev_bridge log message matching ``pattern`` (regex), waiting for it."""
+    regex = re.compile(pattern)
+    with trio.move_on_after(timeout):
+        while True:
+            for record in caplog.records:
+                if record.name == "chardev_bridge" and regex.search(record.getMessage()):
+                    return record.getMessage()
+            await trio.sleep(0.02)
+    pytest.fail(f"no log line matching {pattern!r} within {timeout}s; log:\n{caplog.text}")
+
+
+async def assert_silent(stream: trio.abc.ReceiveStream, seconds: float = 0.5) -> None:
+    """Nothing arrives on ``stream`` for ``seconds``."""
+    with trio.move_on_after(seconds):
+        data = await stream.receive_some()
+        pytest.fail(f"bytes of a refused peer reached the local end: {data!r}")
+
+
+def serial_hex(leaf: pki.Issued) -> str:
+    return f"{leaf.cert.serial_number:#x}"
+
+
+# --- peers ------------------------------------------------------------------------------------
+
+
+async def reap(proc: trio.Process) -> None:
+    """Kill ``proc`` if it still runs, wait for it and close our ends of its pipes."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+
+
+@dataclass
+class GnutlsCli:
+    proc: trio.Process
+    output: bytearray  # stdout and stderr, as far as read
+
+    async def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(data)
+
+    async def expect(self, marker: bytes, timeout: float = 10) -> bytes:
+        """Read until ``marker`` has been seen; all output so far is returned."""
+        assert self.proc.stdout is not None
+        if marker not in self.output:
+            self.output += await read_until(self.proc.stdout, marker, timeout)
+        return bytes(self.output)
+
+    async def finish(self, timeout: float = 10) -> tuple[int, str]:
+        """Wait for gnutls-cli to exit (stdin stays open); (exit status, all output)."""
+        assert self.proc.stdout is not None
+        with trio.move_on_after(timeout):
+            while chunk := await self.proc.stdout.receive_some():
+                self.output += chunk
+            code = await self.proc.wait()
+            return code, self.output.decode(errors="replace")
+        pytest.fail(f"gnutls-cli still connected after {timeout}s:\n{self.output.decode()}")
+
+
+@asynccontextmanager
+async def gnutls_cli(port: int, creds_dir: Path, *extra: str) -> AsyncIterator[GnutlsCli]:
+    """gnutls-cli as a TLS client of 127.0.0.1:port with ``creds_dir``'s client certificate."""
+    binary = require_tool("gnutls-cli")
+    cmd = [
+        binary,
+        "--x509cafile",
+        str(creds_dir / "ca-cert.pem"),
+        "--x509certfile",
+        str(creds_dir / "client-cert.pem"),
+        "--x509keyfile",
+        str(creds_dir / "client-key.pem"),
+        *extra,
+        "-p",
+        str(port),
+        "127.0.0.1",
+    ]
+    proc = await trio.lowlevel.open_process(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=BASE_ENV,
+    )
+    try:
+        yield GnutlsCli(proc, bytearray())
+    finally:
+        await reap(proc)
+
+
+@asynccontextmanager
+async def qemu(args: Sequence[str]) -> AsyncIterator[Qemu]:
+    """A paused QEMU (see tests.peers.Qemu), started and stopped off the trio thread."""
+    vm = Qemu(args)
+    try:
+        await trio.to_thread.run_sync(vm.__enter__)
+        yield vm
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(vm.close)
+
+
+def qemu_client_args(creds_dir: Path, port: int) -> list[str]:
+    """QEMU as TLS client: a QMP monitor on a reconnecting client chardev to the bridge."""
+    chardev = f"socket,id=mon0,host=127.0.0.1,port={port},server=off,reconnect=1,tls-creds=tls0"
+    return [
+        *tls_creds_args("tls0", str(creds_dir), "client"),
+        *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"],
+    ]
+
+
+def qemu_server_args(creds_dir: Path) -> list[str]:
+    """QEMU as TLS server: a QMP monitor on 127.0.0.1, kernel-chosen port."""
+    chardev = "socket,id=mon0,host=127.0.0.1,port=0,server=on,wait=off,tls-creds=tls0"
+    return [
+        *tls_creds_args("tls0", str(creds_dir), "server"),
+        *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"],
+    ]
+
+
+async def qmp_round_trip(app: trio.abc.Stream) -> None:
+    """Over the bridge's pty: QEMU's greeting arrives and qmp_capabilities is answered."""
+    assert b'{"QMP": {"version": {"qemu": {"micro"' in await read_until(app, b"\r\n")
+    await app.send_all(b'{"execute": "qmp_capabilities", "id": 7}\r\n')
+    assert b'{"return": {}, "id": 7}' in await read_until(app, b'"id": 7}\r\n')
+
+
+async def good_gnutls_client_crosses(port: int, creds_dir: Path, app: trio.abc.Stream) -> bytes:
+    """A gnutls-cli client's bytes reach the pty and the pty's reach it; its output."""
+    async with gnutls_cli(port, creds_dir) as cli:
+        await cli.send(b"hello from gnutls-cli\n")
+        assert await read_until(app, b"gnutls-cli\n") == b"hello from gnutls-cli\n"
+        await app.send_all(b"hello from the pty\n")
+        return await cli.expect(b"hello from the pty\n")
+
+
+async def denied_gnutls_client(
+    port: int, creds_dir: Path, app: trio.abc.Stream, *extra: str
+) -> tuple[int, str]:
+    """A gnutls-cli client that writes at once and is refused: nothing reaches the pty."""
+    async with gnutls_cli(port, creds_dir, *extra) as cli:
+        await cli.send(b"must never arrive\n")
+        code, output = await cli.finish()
+    await assert_silent(app)
+    return code, output
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def bridge_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "chardev_bridge", *args]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the bridge CLI to completion (start-up failures)."""
+    return subprocess.run(
+        bridge_cmd(*args),
+        env=env or CLI_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def log_lines(stderr: str) -> list[str]:
+    """The messages of the CLI's log lines (without the timestamp prefix)."""
+    return [line.split(" chardev-bridge: ", 1)[-1] for line in stderr.splitlines() if line]
+
+
+@dataclass
+class CliBridge:
+    proc: trio.Process
+    port: int
+    pty_path: str
+    stderr: bytearray
+
+
+@asynccontextmanager
+async def cli_server(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[CliBridge]:
+    """``python -m chardev_bridge --server --host 127.0.0.1 --port 0 ARGS`` in the background."""
+    proc = await trio.lowlevel.open_process(
+        bridge_cmd("--server", "--host", "127.0.0.1", "--port", "0", *args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env or CLI_ENV,
+    )
+    stderr = bytearray()
+
+    async def drain() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.receive_some():
+            stderr.extend(chunk)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            assert proc.stdout is not None
+            try:
+                line = await read_until(proc.stdout, b"\n", timeout=15)
+            except EOFError:
+                await proc.wait()
+                pytest.fail(f"bridge exited with {proc.returncode}: {stderr.decode()}")
+            assert line.startswith(b"pty: /dev/pts/"), line
+            with trio.fail_after(5):
+                while not (found := re.search(rb"listening on 127\.0\.0\.1:(\d+) \(TLS\)", stderr)):
+                    await trio.sleep(0.02)
+            yield CliBridge(proc, int(found.group(1)), line[5:].decode().strip(), stderr)
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await proc.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        await reap(proc)
+
+
+# === revocation ===============================================================================
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    ("priority", "version"),
+    [("NORMAL", "1.3"), ("NORMAL:-VERS-TLS1.3", "1.2")],
+    ids=["tls13", "tls12"],
+)
+async def test_crl_refuses_revoked_gnutls_cli_and_admits_a_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, priority: str, version: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    pki.revoke(creds.ca, [creds.other_leaf.cert.serial_number], install=[creds.server])
+    with trio.fail_after(30):
+        async with running_bridge(server_cfg(creds.server)) as bridge:
+            assert bridge.pty_path
+            port = bridge.ports[0]
+            async with open_pty_client(bridge.pty_path) as app:
+                code, output = await denied_gnutls_client(
+                    port, creds.other, app, "--priority", priority
+                )
+                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                assert (
+                    f"certificate 'O=chardev-bridge,CN=revoked' serial"
+                    f" {serial_hex(creds.other_leaf)} is revoked (since " in line
+                ), line
+                assert f"{creds.server}/ca-crl.pem)" in line
+                # As with QEMU, the check runs after the handshake: gnutls-cli finished its
+                # handshake, then the bridge closed the connection without an alert.
+                assert f"(TLS{version}-X.509)" in output and "Handshake was completed" in output
+                assert code != 0 and "Server has terminated the connection abnormally" in output
+                await good_gnutls_client_crosses(port, creds.client, app)
+    assert re.search(rf"session from {PEER}: TLSv1\.3 .*'{GOOD_DN}'", caplog.text)
+
+
+@pytest.mark.interop
+async def test_crl_refuses_revoked_qemu_client_and_admits_a_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    pki.revoke(creds.ca, [creds.other_leaf.cert.serial_number], install=[creds.server])
+    with trio.fail_after(30):
+        async with running_bridge(server_cfg(creds.server)) as bridge:
+            assert bridge.pty_path
+            port = bridge.ports[0]
+            async with open_pty_client(bridge.pty_path) as app:
+                # QEMU sends its QMP greeting as soon as its handshake is done: it must not
+                # reach the pty.
+                async with qemu(qemu_client_args(creds.other, port)):
+                    line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                    await assert_silent(app)
+                assert (
+                    f"certificate 'O=chardev-bridge,CN=revoked' serial"
+                    f" {serial_hex(creds.other_leaf)} is revoked" in line
+                ), line
+                async with qemu(qemu_client_args(creds.client, port)):
+                    await qmp_round_trip(app)
+    assert re.search(rf"session from {PEER}: TLSv1\.3 .*'{GOOD_DN}'", caplog.text)
+
+
+@pytest.mark.interop
+async def test_crl_past_next_update_still_revokes_like_qemu(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    then = dt.datetime.now(dt.UTC) - 10 * DAY
+    crl = pki.make_crl(
+        pki.load_ca(creds.ca), [creds.other_leaf.cert.serial_number], now=then, days=1
+    )
+    assert crl.next_update_utc is not None and crl.next_update_utc < dt.datetime.now(dt.UTC)
+    (creds.server / "ca-crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    with trio.fail_after(30):
+        # QEMU itself: still enforces the stale CRL, and still lets a good client in.
+        async with qemu(qemu_server_args(creds.server)) as vm:
+            qemu_port = await trio.to_thread.run_sync(vm.port, "mon0")
+            async with gnutls_cli(qemu_port, creds.other) as cli:
+                _, output = await cli.finish()
+            assert '{"QMP"' not in output, output
+            async with gnutls_cli(qemu_port, creds.client) as cli:
+                await cli.expect(b'{"QMP"')
+        async with running_bridge(server_cfg(creds.server)) as bridge:
+            assert bridge.pty_path
+            port = bridge.ports[0]
+            async with open_pty_client(bridge.pty_path) as app:
+                await denied_gnutls_client(port, creds.other, app)
+                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                assert f"serial {serial_hex(creds.other_leaf)} is revoked" in line, line
+                await good_gnutls_client_crosses(port, creds.client, app)
+    assert re.search(
+        r"CRL \S+/ca-crl.pem is out of date .*QEMU 7\.2 still enforces it", caplog.text
+    )
+
+
+# === allow-lists ==============================================================================
+
+
+@pytest.mark.interop
+async def test_tls_authz_glob_with_gnutls_cli(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path, other_dn="O=Elsewhere,CN=client")
+    cfg = server_cfg(creds.server, tls_authz=("O=chardev-bridge,CN=cl?ent", "O=Partner,*"))
+    with trio.fail_after(30):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                await denied_gnutls_client(bridge.ports[0], creds.other, app)
+                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                assert line.endswith(
+                    ": not allowed: 'O=Elsewhere,CN=client' denied by the default policy"
+                ), line
+                await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    assert re.search(rf"session from {PEER}: .*'{GOOD_DN}'", caplog.text)
+
+
+@pytest.mark.interop
+async def test_tls_authz_glob_with_qemu_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path, other_dn="O=chardev-bridge,CN=intruder")
+    cfg = server_cfg(creds.server, tls_authz=("O=chardev-bridge,CN=c*",))
+    with trio.fail_after(30):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            port = bridge.ports[0]
+            async with open_pty_client(bridge.pty_path) as app:
+                async with qemu(qemu_client_args(creds.other, port)):
+                    line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                    await assert_silent(app)
+                assert line.endswith(
+                    "not allowed: 'O=chardev-bridge,CN=intruder' denied by the default policy"
+                ), line
+                async with qemu(qemu_client_args(creds.client, port)):
+                    await qmp_round_trip(app)
+
+
+@pytest.mark.interop
+async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
+    creds = make_creds(tmp_path, other_dn="O=chardev-bridge,CN=clever")
+    rules = {
+        "policy": "deny",
+        "rules": [
+            {"match": "O=chardev-bridge,CN=cle*", "policy": "deny", "format": "glob"},
+            {"match": "O=chardev-bridge,CN=*", "policy": "allow", "format": "glob"},
+        ],
+    }
+    authz = tmp_path / "authz.json"
+    authz.write_text(json.dumps(rules))
+    with trio.fail_after(30):
+        async with (
+            cli_server("--tls-creds", str(creds.server), "--tls-authz-file", str(authz)) as bridge,
+            open_pty_client(bridge.pty_path) as app,
+        ):
+            await denied_gnutls_client(bridge.port, creds.other, app)
+            await good_gnutls_client_crosses(bridge.port, creds.client, app)
+    assert bridge.proc.returncode == 0
+    lines = log_lines(bridge.stderr.decode())
+    denied = [line for line in lines if line.startswith("denied ")]
+    assert len(denied) == 1, lines
+    assert denied[0].endswith(
+        "not allowed: 'O=chardev-bridge,CN=clever'"
+        " denied by rule 1 (glob 'O=chardev-bridge,CN=cle*')"
+    ), denied
+    assert any(re.match(rf"session from {PEER}: .*'{GOOD_DN}'", line) for line in lines), lines
+
+
+async def test_bridge_client_refuses_a_bridge_server_outside_its_allow_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    with trio.fail_after(20):
+        async with running_bridge(server_cfg(creds.server)) as server:
+            assert server.pty_path
+            port = server.ports[0]
+            async with open_pty_client(server.pty_path) as far:
+                cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,CN=*",))
+                assert await run_bridge(cfg) == 1
+                await assert_silent(far, 0.2)
+                # The same bridge client, allowed by the server's DN, carries bytes.
+                cfg = client_cfg(creds.client, port, tls_authz=(SERVER_DN,))
+                async with running_bridge(cfg) as client:
+                    assert client.pty_path
+                    async with open_pty_client(client.pty_path) as near:
+                        await near.send_all(b"through\n")
+                        assert await read_until(far, b"\n") == b"through\n"
+    assert (
+        f"cannot connect to 127.0.0.1:{port}: server denied by our policy: not allowed:"
+        f" '{SERVER_DN}' denied by the default policy"
+    ) in caplog.text
+
+
+@pytest.mark.interop
+async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    authz = tmp_path / "authz.json"
+    authz.write_text(json.dumps({"rules": [{"match": SERVER_DN, "policy": "deny"}]}))
+    with trio.fail_after(30):
+        async with qemu(qemu_server_args(creds.server)) as vm:
+            port = await trio.to_thread.run_sync(vm.port, "mon0")
+            cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,*",))
+            assert await run_bridge(cfg) == 1
+            cfg = client_cfg(creds.client, port, tls_authz_file=authz)
+            assert await run_bridge(cfg) == 1
+            cfg = client_cfg(creds.client, port, tls_authz=("CN=local*",))
+            async with running_bridge(cfg) as client:
+                assert client.pty_path
+                async with open_pty_client(client.pty_path) as app:
+                    await qmp_round_trip(app)
+    refused = [m for m in caplog.messages if m.startswith(f"cannot connect to 127.0.0.1:{port}")]
+    assert refused == [
+        f"cannot connect to 127.0.0.1:{port}: server denied by our policy: not allowed:"
+        f" '{SERVER_DN}' denied by the default policy",
+        f"cannot connect to 127.0.0.1:{port}: server denied by our policy: not allowed:"
+        f" '{SERVER_DN}' denied by rule 1 (exact '{SERVER_DN}')",
+    ]
+    assert re.search(rf"connected to {PEER}: TLSv1\.3 .*'{SERVER_DN}'", caplog.text)
+
+
+@pytest.mark.parametrize(
+    "authz_args",
+    [["--tls-authz", "CN=*"], ["--tls-authz-file", "AUTHZ"]],
+    ids=["tls-authz", "tls-authz-file"],
+)
+def test_allow_list_without_peer_verification_is_refused_at_start(
+    tmp_path: Path, authz_args: list[str]
+) -> None:
+    creds = make_creds(tmp_path)
+    authz = tmp_path / "authz.json"
+    authz.write_text('{"rules": [{"match": "CN=*", "policy": "allow", "format": "glob"}]}')
+    args = [a.replace("AUTHZ", str(authz)) for a in authz_args]
+    proc = run_cli(
+        *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
+        *["--no-verify-peer", *args],
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert log_lines(proc.stderr)[-1] == (
+        "an allow-list (--tls-authz) needs peer verification on"
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
+
+
+# === TLS priority =============================================================================
+
+
+@pytest.mark.interop
+async def test_priority_without_tls13_negotiates_tls12_with_gnutls_cli(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    with trio.fail_after(20):
+        async with running_bridge(
+            server_cfg(creds.server, tls_priority="NORMAL:-VERS-TLS1.3")
+        ) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    # gnutls-cli's own view of the session, e.g. (TLS1.2-X.509)-(ECDHE-X25519)-(ECDSA-SHA256)-...
+    assert re.search(rb"- Description: \(TLS1\.2-X\.509\)-\(ECDHE-[^)]+\)-\(ECDSA-", output), output
+    assert "TLS priority NORMAL:-VERS-TLS1.3, from --tls-priority" in caplog.messages
+    assert re.search(rf"session from {PEER}: TLSv1\.2 ECDHE-ECDSA-\S+, .*'{GOOD_DN}'", caplog.text)
+
+
+@pytest.mark.interop
+async def test_priority_from_the_application_policy_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if LOCAL_POLICY_FILE.exists():
+        pytest.skip(f"{LOCAL_POLICY_FILE} exists here and takes precedence")
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    policy = tmp_path / "gnutls.config"
+    policy.write_text("[priorities]\nCHARDEV_BRIDGE = NORMAL:-VERS-TLS1.3\n")
+    monkeypatch.setenv("GNUTLS_SYSTEM_PRIORITY_FILE", str(policy))
+    with trio.fail_after(20):
+        async with running_bridge(server_cfg(creds.server)) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    assert b"(TLS1.2-X.509)" in output
+    assert f"TLS priority NORMAL:-VERS-TLS1.3, from {policy} (CHARDEV_BRIDGE)" in caplog.messages
+
+
+@pytest.mark.interop
+async def test_tls13_only_refuses_a_tls12_only_gnutls_cli_with_a_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    cfg = server_cfg(creds.server, tls_priority="NORMAL:-VERS-ALL:+VERS-TLS1.3")
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                code, output = await denied_gnutls_client(
+                    bridge.ports[0], creds.client, app, "--priority", "NORMAL:-VERS-TLS1.3"
+                )
+            line = await wait_for_log(caplog, rf"TLS handshake with {PEER} failed: ")
+    assert line.endswith("failed: no TLS version in common with the peer"), line
+    assert code != 0 and "Handshake was completed" not in output
+    assert "protocol version" in output.lower(), output  # gnutls-cli got the alert
+    assert "TLS priority NORMAL:-VERS-ALL:+VERS-TLS1.3, from --tls-priority" in caplog.messages
+
+
+@pytest.mark.interop
+def test_unmappable_priority_fails_at_start_naming_the_token(tmp_path: Path) -> None:
+    creds = make_creds(tmp_path)
+    text = "NORMAL:+CAMELLIA-128-CBC"
+    # A string gnutls itself takes (so QEMU would too): refusing it is our mapping's limit.
+    gnutls = subprocess.run(
+        [require_tool("gnutls-cli"), "--priority", text, "--list"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env=BASE_ENV,
+    )
+    assert "Syntax error" not in gnutls.stdout + gnutls.stderr
+    assert "CAMELLIA_128_CBC" in gnutls.stdout
+    proc = run_cli(
+        *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
+        *["--tls-priority", text],
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = log_lines(proc.stderr)
+    assert lines[-1] == "priority token '+CAMELLIA-128-CBC' cannot be mapped onto OpenSSL", lines
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
+
+
+def test_unmappable_application_policy_entry_fails_at_start_naming_file_and_token(
+    tmp_path: Path,
+) -> None:
+    if LOCAL_POLICY_FILE.exists():
+        pytest.skip(f"{LOCAL_POLICY_FILE} exists here and takes precedence")
+    creds = make_creds(tmp_path)
+    policy = tmp_path / "gnutls.config"
+    policy.write_text("[priorities]\nCHARDEV_BRIDGE = SECURE128:-VERS-TLS1.2:%PROFILE_HIGH\n")
+    proc = run_cli(
+        *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
+        env={**CLI_ENV, "GNUTLS_SYSTEM_PRIORITY_FILE": str(policy)},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert log_lines(proc.stderr)[-1] == (
+        f"{policy} (CHARDEV_BRIDGE): priority flag '%PROFILE_HIGH' cannot be mapped onto OpenSSL"
+    ), proc.stderr
+
+
+# === encrypted keys ===========================================================================
+
+PASSWORD = b"correct horse battery"
+
+
+@pytest.fixture
+def encrypted(tmp_path: Path) -> Creds:
+    """A PKI whose server and client keys are encrypted; ``other`` is a plain-key client."""
+    return make_creds(tmp_path, other_dn="O=chardev-bridge,CN=plain", key_password=PASSWORD)
+
+
+@pytest.mark.interop
+async def test_encrypted_server_key_with_password_file_via_cli(
+    tmp_path: Path, encrypted: Creds
+) -> None:
+    assert b"ENCRYPTED PRIVATE KEY" in (encrypted.server / "server-key.pem").read_bytes()
+    password = tmp_path / "password"
+    password.write_bytes(PASSWORD + b"\n")  # a trailing newline, as `echo` writes it
+    args = ["--tls-creds", str(encrypted.server), "--tls-key-password-file", str(password)]
+    with trio.fail_after(30):
+        async with cli_server(*args) as bridge, open_pty_client(bridge.pty_path) as app:
+            output = await good_gnutls_client_crosses(bridge.port, encrypted.other, app)
+    assert b"- Handshake was completed" in output
+    assert bridge.proc.returncode == 0
+    assert "peer certificate 'O=chardev-bridge,CN=plain'" in bridge.stderr.decode()
+
+
+def _qemu_key_error(creds_dir: Path, secret: str | None) -> list[str]:
+    """QEMU's errors when it loads ``creds_dir`` with the key password ``secret`` (or none)."""
+    extra = ",passwordid=sec0" if secret is not None else ""
+    args = tls_creds_args("tls0", str(creds_dir), "server", extra=extra)
+    if secret is not None:
+        args = ["-object", f"secret,id=sec0,data={secret}", *args]
+    code, stderr = qemu_load(args)
+    assert code == 1, stderr
+    return qemu_errors(stderr)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    ("password", "hint"),
+    [
+        (b"wrong horse\n", "Decryption has failed. (wrong password?)"),
+        (None, "Decryption has failed. (the key is encrypted and no password was given)"),
+    ],
+    ids=["wrong-password", "no-password"],
+)
+def test_encrypted_key_problems_fail_at_start_in_one_line(
+    tmp_path: Path, encrypted: Creds, password: bytes | None, hint: str
+) -> None:
+    args = ["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(encrypted.server)]
+    if password is not None:
+        (tmp_path / "password").write_bytes(password)
+        args += ["--tls-key-password-file", str(tmp_path / "password")]
+    proc = run_cli(*args)
+    assert proc.returncode == 1, proc.stderr
+    d = encrypted.server
+    expected = f"Cannot load certificate '{d}/server-cert.pem' & key '{d}/server-key.pem': {hint}"
+    assert log_lines(proc.stderr) == [expected], proc.stderr
+    # QEMU (with a wrong secret, or without passwordid) says the same, minus our hint.
+    qemu_says = _qemu_key_error(d, None if password is None else password.decode().strip())
+    assert qemu_says and all(expected.startswith(m.rstrip(".")) for m in qemu_says), qemu_says
+
+
+# === start-up checks (QEMU's load-time checks, QEMU's words) ==================================
+
+SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def _expired_server(directory: Path) -> str:
+    ca = pki.make_ca("O=Tests,CN=Test CA")
+    leaf = craft(issuer=ca, eku=SERVER_EKU, not_before=NOW - 9 * DAY, not_after=NOW - DAY)
+    write_dir(directory, "server", leaf, [ca.cert])
+    return f"The server certificate {directory}/server-cert.pem has expired"
+
+
+def _ca_without_ca_true(directory: Path) -> str:
+    ca = craft(dn="CN=Not A CA", ca=False, ku=("key_cert_sign", "crl_sign"), san=())
+    write_dir(directory, "server", craft(issuer=ca, eku=SERVER_EKU), [ca.cert])
+    return f"The certificate {directory}/ca-cert.pem basic constraints do not show a CA"
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("build", [_expired_server, _ca_without_ca_true], ids=["expired", "ca"])
+def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, build: object) -> None:
+    directory = tmp_path / "server"
+    expected = build(directory)  # type: ignore[operator]
+    code, stderr = qemu_load(tls_creds_args("tls0", str(directory), "server"))
+    qemu_says = qemu_errors(stderr)
+    assert code == 1 and qemu_says == [expected], stderr
+    proc = run_cli("--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(directory))
+    assert proc.returncode == 1, proc.stderr
+    lines = log_lines(proc.stderr)
+    assert expected in lines, lines
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stderr

@@ -141,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
         " without it the connection is plain TCP",
     )
     tls.add_argument(
+        "--tls-creds-psk",
+        type=Path,
+        metavar="DIR",
+        help="QEMU tls-creds-psk directory (keys.psk: 'username:hexkey' lines) instead of"
+        " certificates; needs Python 3.13+ or pip install 'chardev-bridge[psk]'",
+    )
+    tls.add_argument(
+        "--tls-username",
+        metavar="NAME",
+        help="PSK identity a TLS client sends (default qemu, as QEMU)",
+    )
+    tls.add_argument(
         "--tls-endpoint",
         choices=("server", "client"),
         help="TLS role (default: server with --server, else client)",
@@ -259,6 +271,8 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         local=args.local,
         link=args.link,
         tls_creds=args.tls_creds,
+        tls_creds_psk=args.tls_creds_psk,
+        tls_username=args.tls_username,
         tls_endpoint=args.tls_endpoint,
         verify_peer=args.verify_peer,
         tls_hostname=args.tls_hostname,

@@ -40,6 +40,9 @@ class BridgeConfig:
     local: LocalSpec = field(default_factory=lambda: LocalSpec("pty"))
     link: Path | None = None
     tls_creds: Path | None = None
+    # QEMU tls-creds-psk directory (keys.psk) instead of x509; the client's identity.
+    tls_creds_psk: Path | None = None
+    tls_username: str | None = None
     # None: the TLS role follows the TCP role (server when listening), as QEMU defaults.
     tls_endpoint: Endpoint | None = None
     verify_peer: bool = True

@@ -344,7 +344,6 @@ def build_psk_setup(
     endpoint: Endpoint,
     username: str | None = None,
     priority: TlsPriority | None = None,
-    host: str | None = None,
 ) -> TLSSetup:
     """The :class:`TLSSetup` for QEMU-style PSK credentials in ``directory``.
 
@@ -353,14 +352,13 @@ def build_psk_setup(
     and, like QEMU, sends no identity hint and refuses ``username`` ("username should not be
     set when endpoint=server"). A server also loads ``dh-params.pem`` when present, as QEMU,
     which enables the DHE-PSK suites. ``priority`` (None: gnutls NORMAL) picks versions,
-    TLS 1.2 ciphers and the ECDH group. ``host`` is not used: there is no certificate name to
-    check, and QEMU sends no SNI, so neither do we.
+    TLS 1.2 ciphers and the ECDH group. There is no certificate name to check, and QEMU sends
+    no SNI, so neither do we.
 
     Raises :class:`PskUnavailable` when this Python has no PSK route (message: what to
     install) and :class:`CredentialError` for an unusable ``keys.psk`` (QEMU's words where
     QEMU has them).
     """
-    del host  # accepted so that callers can pass the connection's host as for x509
     server = endpoint == "server"
     # Fail on a missing PSK route before reading keys: the fix (install) comes first.
     if not NATIVE_PSK:

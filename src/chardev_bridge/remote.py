@@ -44,6 +44,8 @@ class RemoteSession:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=...`` or ``plain TCP``."""
         if self.tls is None:
             return "plain TCP"
+        if self.peer_cert is None and self.tls.peer_cert_der is None:
+            return f"{self.tls.version} {self.tls.cipher}, no peer certificate"
         subject = self.peer_cert.dn if self.peer_cert else "no certificate"
         return f"{self.tls.version} {self.tls.cipher}, peer certificate {subject!r}"
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from chardev_bridge.authz import AuthzList, load_authz_file
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.credcheck import check_creds, has_errors
 from chardev_bridge.priority import resolve_priority
+from chardev_bridge.psk import build_psk_setup, check_psk_available
 from chardev_bridge.remote import TLSSetup
 from chardev_bridge.tlspolicy import (
     CredentialError,
@@ -28,6 +30,8 @@ def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
     Raises ``CredentialError`` (every error QEMU would report, one per line) or
     ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
     """
+    if cfg.tls_creds_psk is not None:
+        return _build_psk_setup(cfg)
     if cfg.tls_creds is None:
         return None
     password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
@@ -73,3 +77,19 @@ def _build_authz(cfg: BridgeConfig) -> AuthzList | None:
     if cfg.tls_authz:
         return AuthzList.from_patterns(cfg.tls_authz)
     return None
+
+
+def _build_psk_setup(cfg: BridgeConfig) -> TLSSetup:
+    assert cfg.tls_creds_psk is not None
+    if cfg.tls_creds is not None:
+        raise CredentialError("give --tls-creds or --tls-creds-psk, not both")
+    route = check_psk_available()
+    chosen = resolve_priority(cfg.tls_priority)
+    log.info("TLS-PSK via %s; TLS priority %s, from %s", route, chosen.priority.text, chosen.source)
+    setup = build_psk_setup(
+        cfg.tls_creds_psk,
+        endpoint=cfg.endpoint,
+        username=cfg.tls_username,
+        priority=chosen.priority,
+    )
+    return replace(setup, split_last_byte=cfg.qemu_stall_workaround)

@@ -83,14 +83,15 @@ async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: P
         os.write(master, b"first")
         with trio.fail_after(5):
             assert await end.receive_some() == b"first"
-        # The device goes away (QEMU exits): its master closes.
+        # The device goes away (unplugged, QEMU exits): its path first, as udev removes a
+        # by-id link, then the device. Another process may get the freed pts number at once.
+        link.unlink()
         os.close(master)
         master2, slave2 = os.openpty()
         make_raw(slave2)
 
         async def comes_back() -> None:
             await trio.sleep(0.5)
-            link.unlink()
             os.symlink(os.ttyname(slave2), link)
             os.close(slave2)
             os.write(master2, b"second")

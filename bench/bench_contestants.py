@@ -124,8 +124,12 @@ class ChardevBridge(Contestant):
         return f"`python -m chardev_bridge --help` failed: {last}"
 
     def start_tcp(self, procs: Procs, lport: int, many: bool) -> Proc:
-        """``--local tcp-listen:...``; how many sessions it serves is its own design."""
+        """``--local tcp-listen:...``; ``many``: one process for concurrent sessions, each
+        local client with its own TLS connection (``--max-sessions``), as socat's fork and
+        stunnel do."""
         argv = self.argv(f"tcp-listen:127.0.0.1:{lport}")
+        if many:
+            argv += ["--max-sessions", "10000"]
         return procs.spawn(self.name, argv, self.env())
 
     def start_pty(self, procs: Procs) -> Proc:

@@ -70,6 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workaround-off-flag",
         metavar="FLAG",
+        default="--no-qemu-stall-workaround",
         help="chardev-bridge's switch that turns the QEMU 7.2 stall workaround off: measures "
         "the workaround's cost with an extra bulk contestant",
     )

@@ -153,7 +153,10 @@ class Qemu:
                 self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # QEMU exited with our quit command still buffered
         self.proc = None
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import termios
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+from chardev_bridge.bridge import BridgeReady, run_bridge
+from chardev_bridge.config import BridgeConfig
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 from chardev_bridge.local.tty import TtyEnd
@@ -112,3 +115,35 @@ async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: P
 async def test_tty_end_refuses_a_missing_path_at_start(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await TtyEnd(str(tmp_path / "nope")).start()
+
+
+async def test_bytes_sent_just_before_the_remote_closes_reach_a_late_pty_reader() -> None:
+    async def say_hello_and_leave(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"hello")
+        await stream.aclose()
+
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, say_hello_and_leave, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        ready: list[BridgeReady] = []
+
+        class Ready:
+            def started(self, value: BridgeReady | None = None) -> None:
+                assert value is not None
+                ready.append(value)
+
+        async def late_reader() -> None:
+            await trio.sleep(0.3)  # the bridge has returned by now, and closes the pty
+            assert ready[0].pty_path
+            async with open_pty_client(ready[0].pty_path) as app:
+                got.append(await read_exactly(app, 5))
+
+        nursery.start_soon(late_reader)
+        with trio.fail_after(10):
+            code = await run_bridge(BridgeConfig(host="127.0.0.1", port=port), task_status=Ready())
+        nursery.cancel_scope.cancel()
+    assert code == 0
+    assert got == [b"hello"]

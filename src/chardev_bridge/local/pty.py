@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import sys
+import termios
 from pathlib import Path
 
 import trio
@@ -15,6 +18,11 @@ log = logging.getLogger("chardev_bridge")
 
 # How often at most to check that a client has not switched the pty out of raw mode.
 _RAW_CHECK_INTERVAL = 1.0
+
+# At exit, how long bytes still queued in the pty may take to be read before it is closed.
+DRAIN_SECONDS = 5.0
+# ... giving up sooner when nothing was read for this long (nobody has the pty open).
+_DRAIN_STALL_SECONDS = 0.5
 
 
 class PtyEnd(LocalEnd, trio.abc.Stream):
@@ -102,9 +110,15 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
-        """Close both sides of the pty and remove the link."""
+        """Remove the link; let an application read what is still queued; close the pty.
+
+        Closing a pty discards its unread input, so bytes the remote sent just before the
+        end (the reply to QEMU's ``quit``, say) would be lost: wait up to
+        :data:`DRAIN_SECONDS` while somebody is still reading them.
+        """
         if self.link is not None and self.link.is_symlink():
             self.link.unlink()
+        await self._wait_until_read()
         if self._stream is not None:
             await self._stream.aclose()
             self._stream = None
@@ -112,6 +126,30 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
             os.close(self._slave)
             self._slave = -1
         await trio.lowlevel.checkpoint()
+
+    async def _wait_until_read(self) -> None:
+        if self._slave < 0:
+            return
+        deadline = trio.current_time() + DRAIN_SECONDS
+        queued = _queued(self._slave)
+        stalled_since = trio.current_time()
+        while queued > 0 and trio.current_time() < deadline:
+            await trio.sleep(0.02)
+            now_queued = _queued(self._slave)
+            if now_queued < queued:
+                stalled_since = trio.current_time()
+            elif trio.current_time() - stalled_since > _DRAIN_STALL_SECONDS:
+                return  # nobody is reading: do not hold up the exit
+            queued = now_queued
+
+
+def _queued(fd: int) -> int:
+    """Bytes waiting in the pty for an application to read (FIONREAD on the slave)."""
+    try:
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(buf, sys.byteorder)
 
 
 def _replace_symlink(link: Path, target: str) -> None:

@@ -1,0 +1,197 @@
+"""Interop with OpenSSL's command-line peers (``openssl s_server``, ``openssl s_client``).
+
+Both are binary-clean between their stdin/stdout and the TLS connection with ``-brief`` /
+``-quiet`` (no in-band commands), so bytes are checked by hash in both directions at once.
+Everything listens on 127.0.0.1 with a kernel-chosen port, found through /proc.
+
+The ``--tls-endpoint`` cross pairings, which QEMU 7.2 does not allow on chardevs, are checked
+here against real TLS peers by swapping the TCP roles with ``socat``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import trio
+
+from chardev_bridge.bridge import BridgeReady
+from chardev_bridge.config import BridgeConfig
+from tests.bridges import open_pty_client, running_bridge
+from tests.conftest import PKI
+from tests.peers import require_tool
+from tests.procs import (
+    Peer,
+    capture_bridge_logs,
+    exchange,
+    listening_ports,
+    running_peer,
+    sha256,
+    subject_dn,
+    wait_for_log,
+    wait_for_stderr,
+    wait_ipv4_port,
+)
+
+pytestmark = pytest.mark.interop
+
+SIZE = 256 * 1024
+
+
+def s_server_command(openssl: str, server_dir: Path) -> list[str]:
+    """``openssl s_server`` on 127.0.0.1 that requires and verifies a client certificate."""
+    return [
+        openssl,
+        "s_server",
+        "-accept",
+        "127.0.0.1:0",
+        "-naccept",
+        "1",
+        "-Verify",
+        "1",
+        "-verify_return_error",
+        "-CAfile",
+        str(server_dir / "ca-cert.pem"),
+        "-cert",
+        str(server_dir / "server-cert.pem"),
+        "-key",
+        str(server_dir / "server-key.pem"),
+        "-brief",
+    ]
+
+
+def s_client_command(openssl: str, client_dir: Path, port: int) -> list[str]:
+    """``openssl s_client`` with a client certificate, checking the server's IP SAN."""
+    return [
+        openssl,
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-CAfile",
+        str(client_dir / "ca-cert.pem"),
+        "-cert",
+        str(client_dir / "client-cert.pem"),
+        "-key",
+        str(client_dir / "client-key.pem"),
+        "-verify_return_error",
+        "-verify_ip",
+        "127.0.0.1",
+        "-quiet",
+    ]
+
+
+async def pty_exchange_with_peer(ready: BridgeReady, peer: Peer) -> None:
+    """Random bytes both ways at once between the bridge's pty and the peer's stdin/stdout."""
+    assert ready.pty_path is not None
+    async with open_pty_client(ready.pty_path) as tty:
+        up, down = os.urandom(SIZE), os.urandom(SIZE)
+        at_peer, at_pty = await exchange(tty, (peer.stdin, peer.stdout), up, down)
+        assert sha256(at_peer) == sha256(up)
+        assert sha256(at_pty) == sha256(down)
+
+
+async def wait_s_server_verified_client(s_server: Peer) -> None:
+    """s_server -brief reports the client certificate it required, and its verification.
+
+    Wait for it before writing to s_server's stdin: s_server prints the report only when
+    data from the socket completes its handshake, not when an early write of its own does.
+    """
+    await wait_for_stderr(s_server, "Verification: OK")
+    report = s_server.stderr_text()
+    assert "Peer certificate: " in report and "CN = client.example.com" in report, report
+
+
+async def test_bridge_client_reaches_openssl_s_server_requiring_client_cert(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    openssl = require_tool("openssl")
+    capture_bridge_logs(caplog)
+    async with running_peer(s_server_command(openssl, pki.server_dir)) as s_server:
+        port = await wait_ipv4_port(s_server)
+        cfg = BridgeConfig(host="127.0.0.1", port=port, tls_creds=pki.client_dir)
+        async with running_bridge(cfg) as ready:
+            await wait_s_server_verified_client(s_server)
+            await pty_exchange_with_peer(ready, s_server)
+            dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
+            await wait_for_log(
+                caplog, rf"^connected to 127\.0\.0\.1:{port}: TLSv1\.3 \S+, peer certificate '{dn}'"
+            )
+
+
+async def test_openssl_s_client_reaches_pty_of_bridge_server(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    openssl = require_tool("openssl")
+    capture_bridge_logs(caplog)
+    cfg = BridgeConfig(listen=True, host="127.0.0.1", port=0, tls_creds=pki.server_dir)
+    async with running_bridge(cfg) as ready:
+        command = s_client_command(openssl, pki.client_dir, ready.ports[0])
+        async with running_peer(command) as s_client:
+            await pty_exchange_with_peer(ready, s_client)
+        dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
+        await wait_for_log(
+            caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, peer certificate '{dn}'"
+        )
+
+
+# -- cross pairings against real peers, TCP roles swapped by socat ---------------------------
+
+
+async def test_tcp_server_bridge_as_tls_client_reaches_openssl_s_server(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    openssl = require_tool("openssl")
+    socat = require_tool("socat")
+    capture_bridge_logs(caplog)
+    cfg = BridgeConfig(
+        listen=True, host="127.0.0.1", port=0, tls_creds=pki.client_dir, tls_endpoint="client"
+    )
+    async with (
+        running_peer(s_server_command(openssl, pki.server_dir)) as s_server,
+        running_bridge(cfg) as ready,
+    ):
+        server_port = await wait_ipv4_port(s_server)
+        # socat makes both TCP connections: to the bridge (TCP server, TLS client) and to
+        # s_server (TCP server, TLS server), and relays between them.
+        relay = [socat, f"TCP:127.0.0.1:{ready.ports[0]}", f"TCP:127.0.0.1:{server_port}"]
+        async with running_peer(relay):
+            await wait_s_server_verified_client(s_server)
+            await pty_exchange_with_peer(ready, s_server)
+        dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
+        await wait_for_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, .*'{dn}'")
+
+
+async def test_tcp_client_bridge_as_tls_server_serves_openssl_s_client(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    openssl = require_tool("openssl")
+    socat = require_tool("socat")
+    capture_bridge_logs(caplog)
+    # socat accepts both TCP connections: first the bridge's (TCP client, TLS server), then
+    # s_client's (TCP client, TLS client); it opens its second port once the first is taken.
+    relay = [socat, "TCP-LISTEN:0,bind=127.0.0.1", "TCP-LISTEN:0,bind=127.0.0.1"]
+    async with running_peer(relay) as socat_relay:
+        first = await wait_ipv4_port(socat_relay)
+        cfg = BridgeConfig(
+            host="127.0.0.1", port=first, tls_creds=pki.server_dir, tls_endpoint="server"
+        )
+        async with running_bridge(cfg) as ready:
+            second = await _next_listening_port(socat_relay, first)
+            command = s_client_command(openssl, pki.client_dir, second)
+            async with running_peer(command) as s_client:
+                await pty_exchange_with_peer(ready, s_client)
+            dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
+            await wait_for_log(
+                caplog, rf"^connected to 127\.0\.0\.1:{first}: TLSv1\.3 \S+, .*'{dn}'"
+            )
+
+
+async def _next_listening_port(peer: Peer, previous: int, timeout: float = 10) -> int:
+    with trio.fail_after(timeout):
+        while True:
+            ports = [port for _, port in listening_ports(peer.process.pid) if port != previous]
+            if ports:
+                return ports[0]
+            await trio.sleep(0.02)

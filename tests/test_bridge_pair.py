@@ -178,3 +178,31 @@ async def test_max_sessions_gives_each_local_client_its_own_tls_session(
         nursery.cancel_scope.cancel()
     assert [results[i] for i in range(3)] == payloads
     assert caplog.text.count("session from 127.0.0.1") == 3
+
+
+@pytest.mark.parametrize("host", ["::1", "localhost"])
+async def test_ipv6_and_names_work_for_listening_and_connecting(
+    pki: PKI, tmp_path: Path, host: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    sock = str(tmp_path / "app.sock")
+    server_cfg = BridgeConfig(
+        listen=True, host=host, port=0, local=LocalSpec("pty"), tls_creds=pki.server_dir
+    )
+    with trio.fail_after(20):
+        async with running_bridge(server_cfg) as server:
+            assert server.pty_path
+            cfg = BridgeConfig(
+                host=host,
+                port=server.ports[0],
+                local=LocalSpec("unix-listen", path=sock),
+                tls_creds=pki.client_dir,
+            )
+            async with running_bridge(cfg), open_pty_client(server.pty_path) as far:
+                app = await trio.open_unix_socket(sock)
+                await app.send_all(b"over " + host.encode())
+                assert await read_exactly(far, 5 + len(host)) == b"over " + host.encode()
+                await app.aclose()
+    if host == "::1":
+        assert f"listening on [::1]:{server.ports[0]} (TLS)" in caplog.text
+        assert f"connected to [::1]:{server.ports[0]}" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 import re
 import ssl
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from chardev_bridge import pki as pkimod
 from chardev_bridge.bridge import run_bridge
 from chardev_bridge.config import BridgeConfig
+from chardev_bridge.creds_cli import main as creds_main
 from chardev_bridge.tlsstream import TLSStream
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
@@ -303,3 +305,28 @@ async def test_bridges_pair_with_tls_roles_opposite_to_tcp_roles(
     # Each names the other's certificate: the TCP server got the TLS server's certificate.
     await wait_for_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 .*'{server_dn}'")
     await wait_for_log(caplog, rf"^connected to 127\.0\.0\.1:\d+: TLSv1\.3 .*'{client_dn}'")
+
+
+async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    pki = tmp_path / "pki"
+    assert creds_main(["init", str(pki)]) == 0
+    args = tls_creds_args("tls0", str(pki / "server"), "server")
+    args += tls_monitor_args("mon0", "tls0")
+    vm = Qemu(args)
+    await trio.to_thread.run_sync(vm.__enter__)
+    try:
+        port = await trio.to_thread.run_sync(vm.port, "mon0")
+        cfg = BridgeConfig(host="127.0.0.1", port=port, tls_creds=pki / "client")
+        with trio.fail_after(15):
+            async with running_bridge(cfg) as ready:
+                assert ready.pty_path
+                async with open_pty_client(ready.pty_path) as app:
+                    assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
+                    await app.send_all(b'{"execute":"qmp_capabilities"}\n')
+                    assert await read_until(app, b"\r\n") == b'{"return": {}}\r\n'
+    finally:
+        await trio.to_thread.run_sync(vm.close)
+    assert "peer certificate 'CN=localhost'" in caplog.text

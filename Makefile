@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint bench soak clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# 30 minutes of churn (not in CI): reconnects, bad connections, random payloads checked by sha256.
+soak: $(STAMP)
+	$(BIN)/python soak/soak.py --minutes 30
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

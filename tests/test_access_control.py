@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,8 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.priority import LOCAL_POLICY_FILE
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.certcraft import DAY, NOW, craft, write_dir
-from tests.peers import Qemu, qemu_errors, qemu_load, require_tool, tls_creds_args
+from tests.peers import qemu_errors, qemu_load, require_tool, tls_creds_args
+from tests.procs import qemu_in_thread as qemu
 
 SRC = Path(__file__).parents[1] / "src"
 # gnutls-cli and the bridge must not pick up a priority file from the test's environment.
@@ -187,18 +188,6 @@ async def gnutls_cli(port: int, creds_dir: Path, *extra: str) -> AsyncIterator[G
         yield GnutlsCli(proc, bytearray())
     finally:
         await reap(proc)
-
-
-@asynccontextmanager
-async def qemu(args: Sequence[str]) -> AsyncIterator[Qemu]:
-    """A paused QEMU (see tests.peers.Qemu), started and stopped off the trio thread."""
-    vm = Qemu(args)
-    try:
-        await trio.to_thread.run_sync(vm.__enter__)
-        yield vm
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(vm.close)
 
 
 def qemu_client_args(creds_dir: Path, port: int) -> list[str]:

@@ -10,8 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,8 @@ from chardev_bridge.tlspolicy import CredentialError, TLSPolicy, load_x509_creds
 from chardev_bridge.tlsstream import TLSHandshakeError
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
-from tests.peers import Qemu, qemu_errors, qemu_load, require_tool
+from tests.peers import qemu_errors, qemu_load, require_tool
+from tests.procs import qemu_in_thread as qemu
 
 KEY = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef")
 OTHER_KEY = bytes(range(32))
@@ -73,18 +72,6 @@ async def connect(port: int, setup: TLSSetup) -> RemoteSession:
     """Our side as TCP client of 127.0.0.1:port, handshake done."""
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
     return await start_session(tcp, setup, handshake_timeout=TIMEOUT)
-
-
-@asynccontextmanager
-async def qemu(args: Sequence[str]) -> AsyncIterator[Qemu]:
-    """A paused QEMU (tests.peers.Qemu), started and stopped off the trio thread."""
-    vm = Qemu(args)
-    try:
-        await trio.to_thread.run_sync(vm.__enter__)
-        yield vm
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(vm.close)
 
 
 def qemu_psk_server(directory: Path, priority: str | None = None) -> list[str]:

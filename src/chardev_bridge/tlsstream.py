@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -155,14 +155,22 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt and send ``data``; returns once the transport has taken it all."""
+    @contextlib.contextmanager
+    def _sender(self) -> Iterator[None]:
+        """trio's contract: one sending call at a time, none after close."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
         self._sending = True
         try:
             if self._closed:
                 raise trio.ClosedResourceError
+            yield
+        finally:
+            self._sending = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data``; returns once the transport has taken it all."""
+        with self._sender():
             if self._engine.close_notify_sent:
                 raise trio.ClosedResourceError("send_eof() was called")
             if not data:
@@ -179,37 +187,21 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 await self._flush()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can take more data."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
-            if self._closed:
-                raise trio.ClosedResourceError
+        with self._sender():
             async with self._send_lock:
                 await self.transport.wait_send_all_might_not_block()
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
         """Send close_notify; the peer may still send to us (TLS half-close)."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
-            if self._closed:
-                raise trio.ClosedResourceError
+        with self._sender():
             if self._engine.close_notify_sent:
                 await trio.lowlevel.checkpoint()
                 return
             self._engine.send_close_notify()
             await self._flush()
-        finally:
-            self._sending = False
 
     async def _flush(self) -> None:
         async with self._send_lock:

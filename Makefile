@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m chardev_bridge.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench soak
+	$(BIN)/ruff format --check src tests bench soak
 	$(BIN)/mypy
 
 test: lint

@@ -194,4 +194,6 @@ def load_authz_file(path: str | os.PathLike[str]) -> AuthzList:
         raise _fail(
             name, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise _fail(name, "is nested too deeply to be an authz-list") from None
     return parse_authz(data, name)

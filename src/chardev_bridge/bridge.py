@@ -122,6 +122,7 @@ class Bridge:
         self._pending_handshakes = 0
         self._local_stream: trio.abc.Stream | None = None
         self._idle_scope: trio.CancelScope | None = None
+        self._idle_reader_gone = trio.Event()
         self._no_session = trio.Event()
         self._no_session.set()
         self._dropped_while_idle = 0
@@ -174,6 +175,7 @@ class Bridge:
             idle_timeout=self.cfg.idle_timeout,
             tap_to_remote=self.traffic.to_remote if self.traffic else None,
             tap_to_local=self.traffic.to_local if self.traffic else None,
+            grace=self.cfg.shutdown_grace,
         )
         active.session = session
         if self.stopping:
@@ -215,25 +217,31 @@ class Bridge:
         assert self._local_stream is not None
         while True:
             await self._no_session.wait()
-            with trio.CancelScope() as self._idle_scope:
-                data = await self._local_stream.receive_some()
-                if not data:
-                    return
-                if self.traffic is not None:
-                    self.traffic.to_remote(data)
-                if self._dropped_while_idle == 0:
-                    log.warning(
-                        "no remote connected: dropping local bytes (--when-disconnected drop)"
-                    )
-                self._dropped_while_idle += len(data)
-            self._idle_scope = None
+            self._idle_reader_gone = trio.Event()
+            try:
+                with trio.CancelScope() as self._idle_scope:
+                    data = await self._local_stream.receive_some()
+                    if not data:
+                        return
+                    if self.traffic is not None:
+                        self.traffic.to_remote(data)
+                    if self._dropped_while_idle == 0:
+                        log.warning(
+                            "no remote connected: dropping local bytes (--when-disconnected drop)"
+                        )
+                    self._dropped_while_idle += len(data)
+            finally:
+                self._idle_scope = None
+                self._idle_reader_gone.set()
 
-    def _claim(self, remote: RemoteSession) -> _Active:
+    async def _claim(self, remote: RemoteSession) -> _Active:
         """Mark ``remote`` as the active session; stops the idle discarder first."""
         self._no_session = trio.Event()
         if self._idle_scope is not None:
             # Cancelling a trio receive loses nothing: the bytes go to the session instead.
+            # The session may read only once the discarder has really left its receive.
             self._idle_scope.cancel()
+            await self._idle_reader_gone.wait()
         if self._dropped_while_idle:
             log.warning("%d local bytes were dropped while disconnected", self._dropped_while_idle)
             self._dropped_while_idle = 0
@@ -318,7 +326,7 @@ class Bridge:
             if self.stopping:
                 await trio.aclose_forcefully(remote.stream)
                 return
-            active = self._claim(remote)
+            active = await self._claim(remote)
         try:
             log.info("session from %s: %s", peer, remote.describe())
             try:
@@ -447,7 +455,7 @@ class Bridge:
                 log.error("cannot connect to %s: %s%s", target, failure, again)
             return failure
         log.info("connected to %s: %s", remote.peer, remote.describe())
-        active = self._claim(remote)
+        active = await self._claim(remote)
         try:
             stats = await self._session(active, local_stream)
         finally:

@@ -49,7 +49,7 @@ def _positive_float(text: str) -> float:
 def _byte_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
-    if not number.isdigit() or int(number) * unit < 1:
+    if not (number.isascii() and number.isdigit()) or int(number) * unit < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 65536, 64K, 1M)")
     return int(number) * unit
 
@@ -62,7 +62,7 @@ def _local_spec(text: str) -> LocalSpec:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
 

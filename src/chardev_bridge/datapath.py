@@ -13,6 +13,8 @@ Read this top to bottom; it is the whole of how bytes move.
   end (a serial line) simply ends the session: it outlives remote peers.
 * **Graceful end.** :meth:`Session.drain` (shutdown, a replacing client, the idle timeout) stops
   both reads, lets the bytes already read reach their destination, then sends close_notify.
+  Once draining, or once the remote has failed, the session gets ``grace`` seconds more: a
+  local end nobody reads must not hold the line for a remote that is gone.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Session:
         idle_timeout: float | None = None,
         tap_to_remote: Tap | None = None,
         tap_to_local: Tap | None = None,
+        grace: float = 5.0,
     ) -> None:
         self.local = local
         self.remote = remote
@@ -116,13 +119,26 @@ class Session:
         self._remote_reader = _Reader(remote)
         self._up_scope = trio.CancelScope()
         self._delivering_since: float | None = None
+        self.grace = grace
+        self._pumps: trio.Nursery | None = None
+        self._ending = False
+        self._end_grace = grace
 
-    def drain(self, why: str) -> None:
-        """End the session gracefully: stop reading, deliver what was read, close_notify."""
+    def _end_within_grace(self, grace: float | None = None) -> None:
+        self._ending = True
+        self._end_grace = min(self._end_grace, self.grace if grace is None else grace)
+        if self._pumps is not None:
+            scope = self._pumps.cancel_scope
+            scope.deadline = min(scope.deadline, trio.current_time() + self._end_grace)
+
+    def drain(self, why: str, grace: float | None = None) -> None:
+        """End the session gracefully: stop reading, deliver what was read, close_notify;
+        cut it after ``grace`` seconds (default: the session's)."""
         if self.stats.ended_by is None:
             self.stats.ended_by = why
         self._local_reader.stop()
         self._remote_reader.stop()
+        self._end_within_grace(grace)
 
     def _fail(self, side: str, exc: BaseException, nursery: trio.Nursery) -> None:
         if self.stats.failure is None:
@@ -133,6 +149,7 @@ class Session:
             # finish reaching the local end.
             self._up_scope.cancel()
             self._remote_reader.stop()
+            self._end_within_grace()
         else:
             nursery.cancel_scope.cancel()
 
@@ -141,6 +158,9 @@ class Session:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._watch)
             async with trio.open_nursery() as pumps:
+                self._pumps = pumps
+                if self._ending:
+                    self._end_within_grace()
                 pumps.start_soon(self._local_to_remote, pumps)
                 pumps.start_soon(self._remote_to_local, pumps)
             outer.cancel_scope.cancel()
@@ -221,7 +241,9 @@ class Session:
                 warned_at = None
             idle = now - self.stats.last_activity
             if self.idle_timeout is not None and idle >= self.idle_timeout:
-                self.drain(f"idle for {idle:.0f}s (--idle-timeout)")
+                # Nothing moved for that long: bytes stuck on their way (an unread pty, a
+                # remote that vanished without a word) will not move now either.
+                self.drain(f"idle for {idle:.0f}s (--idle-timeout)", grace=0)
 
 
 async def splice(

@@ -63,7 +63,10 @@ def parse_hostport(text: str) -> tuple[str, int]:
             raise LocalSpecError(f"{text!r}: write IPv6 addresses in brackets, [::1]:PORT")
     if not host:
         raise LocalSpecError(f"{text!r}: the host is empty")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if "[" in host or "]" in host:
+        raise LocalSpecError(f"{text!r}: brackets only around a whole IPv6 address")
+    # isascii: str.isdigit() also accepts digits such as '²' that int() refuses.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise LocalSpecError(f"{text!r}: the port must be a number from 0 to 65535")
     return host, int(port_text)
 

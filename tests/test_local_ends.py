@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import ssl
 import termios
 from functools import partial
 from pathlib import Path
@@ -12,10 +15,12 @@ import trio
 
 from chardev_bridge.bridge import BridgeReady, run_bridge
 from chardev_bridge.config import BridgeConfig
+from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 from chardev_bridge.local.tty import TtyEnd
-from tests.bridges import open_pty_client, read_exactly
+from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
+from tests.conftest import PKI
 
 
 async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
@@ -147,3 +152,51 @@ async def test_bytes_sent_just_before_the_remote_closes_reach_a_late_pty_reader(
         nursery.cancel_scope.cancel()
     assert code == 0
     assert got == [b"hello"]
+
+
+async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
+    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    path = str(tmp_path / "qemu-serial.sock")
+    cfg = BridgeConfig(
+        listen=True,
+        host="127.0.0.1",
+        port=0,
+        local=LocalSpec("unix", path=path),
+        tls_creds=pki.server_dir,
+    )
+    got = bytearray()
+
+    async def qemu_like_unix_server(task_status: trio.TaskStatus[None]) -> None:
+        # QEMU's `-chardev socket,path=...,server=on` coming back after a restart.
+        sock = trio.socket.socket(socket.AF_UNIX)
+        await sock.bind(path)
+        sock.listen(1)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        stream = await listener.accept()
+        got.extend(await read_exactly(stream, 12))
+        await stream.send_all(b"guest reply\n")
+        await stream.aclose()
+        await listener.aclose()
+
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as server, trio.open_nursery() as nursery:
+            tcp = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+            client = trio.SSLStream(tcp, client_context(pki), server_hostname="localhost")
+            await client.send_all(b"hello guest\n")  # arrives while the socket is missing
+            await trio.sleep(0.5)
+            await nursery.start(qemu_like_unix_server)
+            assert await read_until(client, b"guest reply\n") == b"guest reply\n"
+            await client.aclose()
+    assert bytes(got) == b"hello guest\n"
+    assert "local end unix " + path + " not there" in caplog.text
+
+
+def client_context(pki: PKI) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.client_dir / "ca-cert.pem"))
+    ctx.load_cert_chain(
+        str(pki.client_dir / "client-cert.pem"), str(pki.client_dir / "client-key.pem")
+    )
+    return ctx

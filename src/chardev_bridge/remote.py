@@ -65,9 +65,18 @@ def peer_name(stream: trio.SocketStream) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# TCP keepalive: first probe after 60 s of silence, then every 10 s, give up after 6 unanswered:
+# a peer that vanished (power cut, cable pulled) is noticed within about two minutes instead
+# of the kernel's default two hours.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
+
+
 def tune_socket(stream: trio.SocketStream) -> None:
     """Keepalive so that a vanished peer is noticed; no Nagle delay for interactive bytes."""
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

@@ -17,7 +17,7 @@ from chardev_bridge.tlsengine import TLSEngine
 TRANSPORT_READ = 256 * 1024
 
 # Plaintext encrypted and sent per step of a large send_all.
-SEND_PIECE = 64 * 1024
+SEND_PIECE = 128 * 1024
 
 
 class TLSHandshakeError(Exception):

@@ -56,7 +56,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         if prepare is not None:
             prepare(self._engine.ssl_object)
         self._split_last = split_last_byte
-        self._send_lock = trio.StrictFIFOLock()
+        # One transport send at a time. A flag rather than a trio.Lock: acquiring a trio lock
+        # yields to the scheduler, and that once per record burst showed in the latency.
+        self._transport_busy = False
+        self._transport_idle = trio.Event()
         self._receiving = False
         self._sending = False
         self._closed = False
@@ -134,7 +137,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
                         plain = plain[:limit]
                     # Key updates and the like produce records to answer; the sender carries
                     # them if it is mid-send, otherwise we flush them here.
-                    if engine.has_data_to_send and not self._send_lock.locked():
+                    if engine.has_data_to_send and not self._transport_busy:
                         await self._flush_best_effort()
                     return plain
                 try:
@@ -191,8 +194,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can take more data."""
         with self._sender():
-            async with self._send_lock:
-                await self.transport.wait_send_all_might_not_block()
+            await self.transport.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
         """Send close_notify; the peer may still send to us (TLS half-close)."""
@@ -204,16 +206,23 @@ class TLSStream(trio.abc.HalfCloseableStream):
             await self._flush()
 
     async def _flush(self) -> None:
-        async with self._send_lock:
-            data = self._engine.data_to_send()
-            if not data:
-                return
-            try:
+        """Send everything the engine has queued; returns once the transport took it."""
+        while self._transport_busy:
+            # Rare: the receive side is sending a post-handshake reply. Our records are
+            # already queued behind it; wait, then send whatever is left.
+            await self._transport_idle.wait()
+        self._transport_busy = True
+        try:
+            while data := self._engine.data_to_send():
                 await self.transport.send_all(data)
-            except trio.ClosedResourceError:
-                raise
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
+        except trio.ClosedResourceError:
+            raise
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        finally:
+            self._transport_busy = False
+            self._transport_idle.set()
+            self._transport_idle = trio.Event()
 
     async def _flush_best_effort(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

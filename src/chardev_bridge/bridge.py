@@ -98,7 +98,8 @@ class _Active:
 
 
 class Bridge:
-    """One bridge's sessions: serving (listening) or connecting, one session at a time."""
+    """One bridge's sessions, serving (listening) or connecting: one at a time on a line,
+    up to ``max_sessions`` for a socket local end."""
 
     def __init__(
         self,

@@ -297,7 +297,7 @@ PEER_CAUSES: dict[str, tuple[Hostile, str]] = {
     ),
     "sslv2-hello": (
         sends(SSLV2_HELLO),
-        r"^TLS handshake with {peer} failed: (unknown protocol|not TLS.*)$",
+        r"^TLS handshake with {peer} failed: not TLS 1.2/1.3: an SSLv2-style or unknown hello$",
     ),
     "tls1.0-only-hello": (
         sends(_tls10_only_hello()),

@@ -12,6 +12,7 @@ import ssl
 _REASONS = {
     "WRONG_VERSION_NUMBER": "not TLS: plain bytes or an unsupported protocol version",
     "HTTP_REQUEST": "not TLS: an HTTP request",
+    "UNKNOWN_PROTOCOL": "not TLS 1.2/1.3: an SSLv2-style or unknown hello",
     "HTTPS_PROXY_REQUEST": "not TLS: an HTTP proxy request",
     "UNSUPPORTED_PROTOCOL": "no TLS version in common with the peer",
     "TLSV1_ALERT_PROTOCOL_VERSION": "the peer refused our TLS version (alert protocol_version)",

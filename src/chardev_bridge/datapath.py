@@ -121,12 +121,12 @@ class Session:
         self._delivering_since: float | None = None
         self.grace = grace
         self._pumps: trio.Nursery | None = None
-        self._ending = False
-        self._end_grace = grace
+        # Seconds the session may still take, once it is ending (None: not ending).
+        self._end_grace: float | None = None
 
     def _end_within_grace(self, grace: float | None = None) -> None:
-        self._ending = True
-        self._end_grace = min(self._end_grace, self.grace if grace is None else grace)
+        grace = self.grace if grace is None else grace
+        self._end_grace = grace if self._end_grace is None else min(self._end_grace, grace)
         if self._pumps is not None:
             scope = self._pumps.cancel_scope
             scope.deadline = min(scope.deadline, trio.current_time() + self._end_grace)
@@ -140,7 +140,7 @@ class Session:
         self._remote_reader.stop()
         self._end_within_grace(grace)
 
-    def _fail(self, side: str, exc: BaseException, nursery: trio.Nursery) -> None:
+    def _fail(self, side: str, exc: BaseException) -> None:
         if self.stats.failure is None:
             self.stats.failure = describe_tls_error(exc)
             self.stats.failed_side = side
@@ -150,8 +150,8 @@ class Session:
             self._up_scope.cancel()
             self._remote_reader.stop()
             self._end_within_grace()
-        else:
-            nursery.cancel_scope.cancel()
+        elif self._pumps is not None:
+            self._pumps.cancel_scope.cancel()
 
     async def run(self) -> SessionStats:
         """Move bytes both ways until both directions are done; never closes a stream."""
@@ -159,14 +159,14 @@ class Session:
             outer.start_soon(self._watch)
             async with trio.open_nursery() as pumps:
                 self._pumps = pumps
-                if self._ending:
-                    self._end_within_grace()
-                pumps.start_soon(self._local_to_remote, pumps)
-                pumps.start_soon(self._remote_to_local, pumps)
+                if self._end_grace is not None:
+                    self._end_within_grace(self._end_grace)
+                pumps.start_soon(self._local_to_remote)
+                pumps.start_soon(self._remote_to_local)
             outer.cancel_scope.cancel()
         return self.stats
 
-    async def _local_to_remote(self, nursery: trio.Nursery) -> None:
+    async def _local_to_remote(self) -> None:
         stats, carry = self.stats, self.carry
         with self._up_scope:
             while True:
@@ -174,7 +174,7 @@ class Session:
                     try:
                         data = await self._local_reader.receive()
                     except STREAM_ERRORS as exc:
-                        return self._fail("local", exc, nursery)
+                        return self._fail("local", exc)
                     if data is None:
                         break
                     if not data:
@@ -186,19 +186,19 @@ class Session:
                 try:
                     await self.remote.send_all(carry.pending)
                 except STREAM_ERRORS as exc:
-                    return self._fail("remote", exc, nursery)
+                    return self._fail("remote", exc)
                 stats.to_remote += len(carry.pending)
                 stats.last_activity = trio.current_time()
                 carry.pending = b""
             await _send_eof(self.remote)
 
-    async def _remote_to_local(self, nursery: trio.Nursery) -> None:
+    async def _remote_to_local(self) -> None:
         stats = self.stats
         while True:
             try:
                 data = await self._remote_reader.receive()
             except STREAM_ERRORS as exc:
-                return self._fail("remote", exc, nursery)
+                return self._fail("remote", exc)
             if data is None:
                 return
             if not data:
@@ -209,7 +209,7 @@ class Session:
             try:
                 await self.local.send_all(data)
             except STREAM_ERRORS as exc:
-                return self._fail("local", exc, nursery)
+                return self._fail("local", exc)
             self._delivering_since = None
             stats.to_local += len(data)
             stats.last_activity = trio.current_time()

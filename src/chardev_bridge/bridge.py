@@ -161,6 +161,8 @@ class Bridge:
                     active.session.drain("bridge shutting down")
             for active in list(self.sessions):
                 await active.done.wait()
+            if isinstance(self._local_stream, ScrollbackEnd):
+                await self._local_stream.flush()
         self._main.cancel()
 
     # -- one session ---------------------------------------------------------------------
@@ -183,8 +185,7 @@ class Bridge:
             session.drain("bridge shutting down")
         began = trio.current_time()
         try:
-            with active.cancel:
-                await session.run()
+            await session.run()
         finally:
             with trio.CancelScope(shield=True):
                 await remote.stream.aclose()
@@ -217,7 +218,9 @@ class Bridge:
         """``--when-disconnected drop``: between sessions, read and discard local bytes."""
         assert self._local_stream is not None
         while True:
-            await self._no_session.wait()
+            # Re-read the event each time: _claim replaces it (unset) before it yields.
+            while self.sessions or not self._no_session.is_set():
+                await self._no_session.wait()
             self._idle_reader_gone = trio.Event()
             try:
                 with trio.CancelScope() as self._idle_scope:
@@ -273,6 +276,14 @@ class Bridge:
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
 
+    async def _handle_safely(self, tcp: trio.SocketStream) -> None:
+        """One connection's failure, whatever it is, must not stop the listening bridge."""
+        try:
+            await self._handle(tcp)
+        except Exception as exc:
+            log.error("dropped %s: unexpected %s: %s", peer_name(tcp), type(exc).__name__, exc)
+            await trio.aclose_forcefully(tcp)
+
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while not self.stopping:
             try:
@@ -282,7 +293,7 @@ class Bridge:
                 log.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            nursery.start_soon(self._handle, tcp)
+            nursery.start_soon(self._handle_safely, tcp)
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
         cfg = self.cfg
@@ -329,18 +340,24 @@ class Bridge:
                 return
             active = await self._claim(remote)
         try:
-            log.info("session from %s: %s", peer, remote.describe())
-            try:
-                local_stream = await self._open_local_with_retry()
-            except OSError as exc:
-                log.error(
-                    "closing %s: cannot open local end %s: %s", peer, self.local.describe(), exc
-                )
-                await trio.aclose_forcefully(remote.stream)
-                active.done.set()
-                return
-            await self._session(active, local_stream)
+            # The whole session, local end included, can be cut by a replacing client.
+            with active.cancel:
+                log.info("session from %s: %s", peer, remote.describe())
+                try:
+                    local_stream = await self._open_local_with_retry()
+                except OSError as exc:
+                    log.error(
+                        "closing %s: cannot open local end %s: %s",
+                        peer,
+                        self.local.describe(),
+                        exc,
+                    )
+                    return
+                await self._session(active, local_stream)
         finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(remote.stream)  # a no-op after a session
+            active.done.set()
             self._release(active)
         if self.local.exhausted:
             log.info("local end %s has ended; stopping", self.local.describe())
@@ -458,7 +475,8 @@ class Bridge:
         log.info("connected to %s: %s", remote.peer, remote.describe())
         active = await self._claim(remote)
         try:
-            stats = await self._session(active, local_stream)
+            with active.cancel:
+                stats = await self._session(active, local_stream)
         finally:
             self._release(active)
         if stats.failure is None:

@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-sessions must be at least 1")
     if args.max_sessions > 1 and args.local.kind in ("pty", "tty", "stdio"):
         parser.error(f"--max-sessions: a {args.local.kind} carries one session at a time")
+    if args.max_sessions > 1 and not args.server and not args.local.kind.endswith("-listen"):
+        parser.error(
+            "--max-sessions with a connecting bridge needs a tcp-listen/unix-listen --local"
+        )
     if args.max_sessions > 1 and args.second_client == "replace":
         parser.error("--second-client replace needs --max-sessions 1")
     if args.logappend and args.logfile is None:

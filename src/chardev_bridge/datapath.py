@@ -33,6 +33,9 @@ log = logging.getLogger("chardev_bridge")
 # per write, bounded so memory per session stays small.
 CHUNK = 256 * 1024
 
+# Bytes handed to the remote per send, and so the most a cut session can leave half-sent.
+CARRY_PIECE = 128 * 1024
+
 # A local end that takes no bytes for this long is reported: the remote is being stalled.
 UNREAD_WARNING_SECONDS = 10.0
 
@@ -183,13 +186,16 @@ class Session:
                     if self.tap_to_remote is not None:
                         self.tap_to_remote(data)
                     carry.pending = data
+                # In pieces, so that a session cut mid-chunk leaves only the unsent rest
+                # in the carry: the next session must not get the sent part twice.
+                piece = memoryview(carry.pending)[:CARRY_PIECE]
                 try:
-                    await self.remote.send_all(carry.pending)
+                    await self.remote.send_all(piece)
                 except STREAM_ERRORS as exc:
                     return self._fail("remote", exc)
-                stats.to_remote += len(carry.pending)
+                stats.to_remote += len(piece)
                 stats.last_activity = trio.current_time()
-                carry.pending = b""
+                carry.pending = carry.pending[len(piece) :]
             await _send_eof(self.remote)
 
     async def _remote_to_local(self) -> None:

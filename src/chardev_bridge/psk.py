@@ -284,6 +284,8 @@ def _new_context(server: bool, priority: TlsPriority | None) -> tuple[ssl.SSLCon
         # it once instead.
         cast(_SslPskContext, ctx).sslobject_class = ssl.SSLObject
         route = "sslpsk3"
+    # No TLS 1.2 renegotiation: our TLS stream never answers records while only reading.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     minimum = priority.minimum_version if priority else ssl.TLSVersion.TLSv1_2
     maximum = ssl.TLSVersion.TLSv1_3 if _tls13_possible(priority) else ssl.TLSVersion.TLSv1_2
     if not server and not NATIVE_PSK:

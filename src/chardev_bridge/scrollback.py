@@ -25,6 +25,7 @@ class ScrollbackEnd(trio.abc.Stream):
         self.inner = inner
         self.limit = limit
         self._buffer = bytearray()
+        self._writing = False
         self._wakeup = trio.Event()
         self.dropped = 0
         self._reported_dropped = 0
@@ -39,13 +40,22 @@ class ScrollbackEnd(trio.abc.Stream):
                 continue
             chunk = bytes(self._buffer[:_WRITE_CHUNK])
             del self._buffer[: len(chunk)]
-            await self.inner.send_all(chunk)
+            self._writing = True
+            try:
+                await self.inner.send_all(chunk)
+            finally:
+                self._writing = False
             if not self._buffer and self.dropped > self._reported_dropped:
                 log.warning(
                     "local end read again; %d bytes were dropped from the scrollback in all",
                     self.dropped,
                 )
                 self._reported_dropped = self.dropped
+
+    async def flush(self) -> None:
+        """Wait until everything in the scrollback was handed to the local end."""
+        while self._buffer or self._writing:
+            await trio.sleep(0.02)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Append to the scrollback, dropping the oldest bytes past the limit."""

@@ -39,6 +39,7 @@ class TLSEngine:
         self.close_notify_received = False
         # True when the transport ended without the peer's close_notify (QEMU always does so).
         self.ragged_eof = False
+        self._deferred_error: ssl.SSLError | None = None
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -86,8 +87,12 @@ class TLSEngine:
 
         Returns the plaintext (possibly several records joined), ``b""`` at end of stream
         (close_notify, or a transport EOF, which sets :attr:`ragged_eof`), or ``None`` when
-        more ciphertext is needed before anything can be returned.
+        more ciphertext is needed before anything can be returned. A fatal error (an alert, a
+        bad record) is raised only after the plaintext that came before it was returned.
         """
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            raise error
         parts: list[bytes] = []
         size = 0
         while size < max_bytes:
@@ -104,8 +109,13 @@ class TLSEngine:
             except ssl.SSLEOFError:
                 self.ragged_eof = True
                 break
+            except ssl.SSLError as exc:
+                if not parts:
+                    raise
+                self._deferred_error = exc
+                break
             if not chunk:
-                # Python's SSLObject.read returns b"" for a clean close with suppress_ragged_eofs.
+                # _ssl returns b"" once the peer's close_notify has arrived.
                 self.close_notify_received = True
                 break
             parts.append(chunk)

@@ -132,6 +132,8 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     # Before the key is loaded, so that a key too weak for the priority fails here.
     apply_priority(ctx, policy.priority)
+    # TLS 1.2 renegotiation would need replies while we only read; QEMU never asks for it.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
         ctx.load_verify_locations(cafile=str(creds.ca_cert))
     except ssl.SSLError as exc:
@@ -186,7 +188,11 @@ def describe_peer_cert(der: bytes | None) -> PeerCert | None:
     """Parse a DER certificate into its QEMU-format DN and serial (None when absent)."""
     if not der:
         return None
-    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        # OpenSSL accepted it (perhaps unverified: --no-verify-peer); we only describe it.
+        return PeerCert(dn="(certificate not parsable)", serial=-1)
     return PeerCert(dn=qemu_dn(cert.subject), serial=cert.serial_number)
 
 

@@ -60,6 +60,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # yields to the scheduler, and that once per record burst showed in the latency.
         self._transport_busy = False
         self._transport_idle = trio.Event()
+        self._transport_broken = False
         self._receiving = False
         self._sending = False
         self._closed = False
@@ -135,10 +136,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     if len(plain) > limit:
                         self._pending_plaintext = plain[limit:]
                         plain = plain[:limit]
-                    # Key updates and the like produce records to answer; the sender carries
-                    # them if it is mid-send, otherwise we flush them here.
-                    if engine.has_data_to_send and not self._transport_busy:
-                        await self._flush_best_effort()
+                    # A record that reading produced (a TLS 1.3 KeyUpdate reply) goes out
+                    # with the next send: awaiting a send here could lose `plain` to a
+                    # cancellation, or block reading on a peer that does not read.
                     return plain
                 try:
                     data = await self.transport.receive_some(TRANSPORT_READ)
@@ -215,10 +215,12 @@ class TLSStream(trio.abc.HalfCloseableStream):
         try:
             while data := self._engine.data_to_send():
                 await self.transport.send_all(data)
-        except trio.ClosedResourceError:
+        except BaseException as exc:
+            # Part of a record may have gone out: a close_notify after it would be garbage.
+            self._transport_broken = True
+            if isinstance(exc, OSError):
+                raise trio.BrokenResourceError(str(exc)) from exc
             raise
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
         finally:
             self._transport_busy = False
             self._transport_idle.set()
@@ -240,7 +242,12 @@ class TLSStream(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         try:
-            if self._engine.handshake_done and not self._engine.close_notify_sent:
+            engine = self._engine
+            if (
+                engine.handshake_done
+                and not engine.close_notify_sent
+                and not self._transport_broken
+            ):
                 self._engine.send_close_notify()
                 # A peer that stopped reading must not hold up our close.
                 with trio.move_on_after(1):

@@ -116,7 +116,8 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         end (the reply to QEMU's ``quit``, say) would be lost: wait up to
         :data:`DRAIN_SECONDS` while somebody is still reading them.
         """
-        if self.link is not None and self.link.is_symlink():
+        # Only our own link: another bridge may have taken the name over since.
+        if self.link is not None and self.link.is_symlink() and os.readlink(self.link) == self.path:
             self.link.unlink()
         await self._wait_until_read()
         if self._stream is not None:

@@ -81,7 +81,12 @@ async def _accept_any(listeners: list[trio.SocketListener]) -> trio.SocketStream
 
         async def accept(listener: trio.SocketListener) -> None:
             stream = await listener.accept()
-            await send.send(stream)
+            try:
+                await send.send(stream)
+            except BaseException:
+                # Another listener won the race: this client must not be left hanging.
+                await trio.aclose_forcefully(stream)
+                raise
 
         for listener in listeners:
             nursery.start_soon(accept, listener)
@@ -115,6 +120,7 @@ class UnixListenEnd(_ListenEnd):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
+        self._bound_inode: int | None = None
 
     async def start(self) -> None:
         """Bind and listen, replacing a stale socket file left by a previous run."""
@@ -124,8 +130,13 @@ class UnixListenEnd(_ListenEnd):
         except FileNotFoundError:
             pass
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(self.path)
-        sock.listen(16)
+        try:
+            await sock.bind(self.path)
+            sock.listen(16)
+        except OSError:
+            sock.close()
+            raise
+        self._bound_inode = os.stat(self.path).st_ino
         self._listeners = [trio.SocketListener(sock)]
         log.info("listening for local clients on %s", self.describe())
 
@@ -134,10 +145,12 @@ class UnixListenEnd(_ListenEnd):
         return f"unix-listen {self.path}"
 
     async def aclose(self) -> None:
-        """Stop listening and remove the socket file."""
+        """Stop listening and remove the socket file, if it is still the one we made."""
         await super().aclose()
         try:
-            os.unlink(self.path)
+            st = os.stat(self.path)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._bound_inode:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import trio
 
@@ -13,13 +14,17 @@ def _private_fd(fd: int, flags: int) -> int:
     """A descriptor for what ``fd`` refers to, with an open file description of our own.
 
     trio sets O_NONBLOCK on the file description, which a plain ``dup`` shares with every
-    process on the same terminal or pipe. Reopening through /proc gives us our own (ttys,
-    pipes, files); sockets cannot be reopened, so those fall back to ``dup``.
+    process on the same terminal or pipe. Reopening through /proc gives ttys and pipes a
+    description of our own. Regular files are dup'ed (a reopened one would lose its offset and
+    O_APPEND: ``>> log`` would be overwritten), and so are sockets, which cannot be reopened.
     """
-    try:
-        return os.open(f"/proc/self/fd/{fd}", flags | os.O_NOCTTY)
-    except OSError:
-        return os.dup(fd)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        try:
+            return os.open(f"/proc/self/fd/{fd}", flags | os.O_NOCTTY)
+        except OSError:
+            pass
+    return os.dup(fd)
 
 
 class StdioEnd(LocalEnd, trio.abc.HalfCloseableStream):

@@ -44,6 +44,9 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
         self._generation = 0
         self._reopen_lock = trio.Lock()
         self._closed = False
+        # Kept across reopens and reset only by a successful read or write, so a device
+        # that opens but fails at once is retried with growing delays, not in a tight loop.
+        self._backoff = Backoff(_REOPEN_MIN, _REOPEN_MAX)
 
     async def start(self) -> None:
         """Open the device now: a wrong path is a start-up error, not a retry loop."""
@@ -82,8 +85,8 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
         async with self._reopen_lock:
             if self._stream is not None and generation != self._generation:
                 return
-            backoff = Backoff(_REOPEN_MIN, _REOPEN_MAX)
             repeats = RepeatFilter()
+            await trio.sleep(self._backoff.next_delay())
             while True:
                 try:
                     fd = _open_raw(self.path)
@@ -94,7 +97,7 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
                         log.info(
                             "%s still gone (%s, %d tries)", self.describe(), exc.strerror, count
                         )
-                await trio.sleep(backoff.next_delay())
+                await trio.sleep(self._backoff.next_delay())
             self._stream = trio.lowlevel.FdStream(fd)
             self._generation += 1
             log.info("%s is back", self.describe())
@@ -111,6 +114,7 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
                 await self._lost(generation, _why(exc))
                 continue
             if data:
+                self._backoff.reset()
                 return data
             await self._lost(generation, "end of file (hangup)")
 
@@ -125,6 +129,7 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
             stream, generation = await self._current()
             try:
                 await stream.send_all(data)
+                self._backoff.reset()
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if self._closed:

@@ -11,9 +11,9 @@ import trio
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import Carry, Session, SessionStats
+from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
-from chardev_bridge.local.sockets import format_hostport
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.tlsconfig import build_tls_setup

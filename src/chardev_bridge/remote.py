@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import trio
 from cryptography import x509
 
+from chardev_bridge.hostport import format_hostport
 from chardev_bridge.tlspolicy import PeerCert, PeerRejected, TLSPolicy, check_peer
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSSessionInfo, TLSStream
 
@@ -44,10 +45,9 @@ class RemoteSession:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=...`` or ``plain TCP``."""
         if self.tls is None:
             return "plain TCP"
-        if self.peer_cert is None and self.tls.peer_cert_der is None:
+        if self.peer_cert is None:
             return f"{self.tls.version} {self.tls.cipher}, no peer certificate"
-        subject = self.peer_cert.dn if self.peer_cert else "no certificate"
-        return f"{self.tls.version} {self.tls.cipher}, peer certificate {subject!r}"
+        return f"{self.tls.version} {self.tls.cipher}, peer certificate {self.peer_cert.dn!r}"
 
     @property
     def ragged_eof(self) -> bool:
@@ -61,8 +61,7 @@ def peer_name(stream: trio.SocketStream) -> str:
         addr = stream.socket.getpeername()
     except OSError:
         return "?"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(addr[0], addr[1])
 
 
 # TCP keepalive: first probe after 60 s of silence, then every 10 s, give up after 6 unanswered:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import (
@@ -43,8 +44,7 @@ class LocalSpec:
         if self.kind in ("pty", "stdio"):
             return self.kind
         if self.kind in ("tcp", "tcp-listen"):
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"{self.kind}:{host}:{self.port}"
+            return f"{self.kind}:{format_hostport(self.host, self.port)}"
         return f"{self.kind}:{self.path}"
 
 

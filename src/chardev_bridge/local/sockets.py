@@ -9,6 +9,7 @@ import stat
 
 import trio
 
+from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
 
 log = logging.getLogger("chardev_bridge")
@@ -153,8 +154,3 @@ class UnixListenEnd(_ListenEnd):
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-
-def format_hostport(host: str, port: int) -> str:
-    """``host:port``, with IPv6 literals bracketed."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -48,7 +48,8 @@ Tap = Callable[[bytes | bytearray], None]
 class Carry:
     """Local bytes read but not yet accepted by a remote; survives the session."""
 
-    pending: bytes | bytearray = b""
+    # A view, so that taking a piece off the front copies nothing.
+    pending: memoryview = field(default_factory=lambda: memoryview(b""))
 
 
 @dataclass
@@ -185,10 +186,10 @@ class Session:
                         break
                     if self.tap_to_remote is not None:
                         self.tap_to_remote(data)
-                    carry.pending = data
+                    carry.pending = memoryview(data)
                 # In pieces, so that a session cut mid-chunk leaves only the unsent rest
                 # in the carry: the next session must not get the sent part twice.
-                piece = memoryview(carry.pending)[:CARRY_PIECE]
+                piece = carry.pending[:CARRY_PIECE]
                 try:
                     await self.remote.send_all(piece)
                 except STREAM_ERRORS as exc:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import datetime
 import json
+import os
 import socket
 import ssl
 from collections.abc import Mapping
@@ -11,6 +15,9 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from chardev_bridge import pki
 from chardev_bridge.authz import (
@@ -248,3 +255,87 @@ def test_qemu_refuses_the_authz_files_we_refuse(tmp_path: Path) -> None:
     with Qemu(authz_object("a", good)) as qemu:
         rules = qemu.execute("qom-get", path="/objects/a", property="rules")
         assert rules == [{"match": "x", "policy": "allow"}]
+
+
+class _Datum(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_uint)]
+
+
+def _gnutls_dn(der: bytes) -> str:
+    """The subject DN as gnutls_x509_crt_get_dn prints it (what QEMU's tls-authz matches)."""
+    found = ctypes.util.find_library("gnutls")
+    if found is None:
+        message = "libgnutls not found (Debian package libgnutls30)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    lib = ctypes.CDLL(found)
+    crt = ctypes.c_void_p()
+    assert lib.gnutls_x509_crt_init(ctypes.byref(crt)) == 0
+    try:
+        buf = ctypes.create_string_buffer(der, len(der))
+        datum = _Datum(ctypes.cast(buf, ctypes.c_void_p), len(der))
+        assert lib.gnutls_x509_crt_import(crt, ctypes.byref(datum), 0) == 0  # DER
+        out, size = ctypes.create_string_buffer(8192), ctypes.c_size_t(8192)
+        assert lib.gnutls_x509_crt_get_dn(crt, out, ctypes.byref(size)) == 0
+        return out.value.decode()
+    finally:
+        lib.gnutls_x509_crt_deinit(crt)
+
+
+def _self_signed_der(subject: x509.Name) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+_NAME_TYPES = sorted(
+    (name, oid) for name, oid in vars(NameOID).items() if isinstance(oid, x509.ObjectIdentifier)
+)
+
+
+@pytest.mark.parametrize(("label", "oid"), _NAME_TYPES, ids=[n for n, _ in _NAME_TYPES])
+def test_qemu_dn_names_every_attribute_type_as_gnutls_does(
+    label: str, oid: x509.ObjectIdentifier
+) -> None:
+    # PrintableString types cannot hold ë or #.
+    printable = label in ("SERIAL_NUMBER", "DN_QUALIFIER")
+    value = "GB" if "COUNTRY" in label else "Ab, 1+x" if printable else "Zoë, #1+x"
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lab"), x509.NameAttribute(oid, value)]
+    )
+    assert qemu_dn(subject) == _gnutls_dn(_self_signed_der(subject))
+
+
+def test_qemu_dn_matches_gnutls_for_multi_valued_and_escaped_names() -> None:
+    subject = x509.Name(
+        [
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "GB")]),
+            x509.RelativeDistinguishedName(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Ops"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, 'a"b\\c<d>;e'),
+                ]
+            ),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ops@example.org")]
+            ),
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.SERIAL_NUMBER, "42")]),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.COMMON_NAME, " lead and trail ")]
+            ),
+        ]
+    )
+    dn = qemu_dn(subject)
+    assert dn == _gnutls_dn(_self_signed_der(subject))
+    assert "EMAIL=ops@example.org,serialNumber=42" in dn

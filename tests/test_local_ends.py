@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import gc
 import logging
 import os
 import socket
@@ -17,6 +19,7 @@ from chardev_bridge.bridge import BridgeReady, run_bridge
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.local.sockets import UnixListenEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 from chardev_bridge.local.tty import TtyEnd
 from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
@@ -54,11 +57,65 @@ async def test_pty_restores_raw_mode_after_a_client_cooks_it() -> None:
             attrs[1] |= termios.OPOST | termios.ONLCR
             termios.tcsetattr(fd, termios.TCSANOW, attrs)
             assert not is_raw(fd)
-            await trio.sleep(1.1)  # the re-check interval
-            await end.send_all(b"a\n")
+            await end.send_all(b"a\n")  # checked before every write, not once a second
             assert await read_exactly(app, 2) == b"a\n"  # not "a\r\n"
             assert is_raw(fd)
+            # ... and after every read.
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+            await app.send_all(b"b")
+            assert await read_exactly(end, 1) == b"b"
+            assert is_raw(fd)
             os.close(fd)
+    finally:
+        await end.aclose()
+
+
+async def test_pty_remote_bytes_are_not_echoed_right_after_a_client_cooks_it() -> None:
+    end = PtyEnd()
+    await end.start()
+    try:
+        async with open_pty_client(end.path) as app:
+            with trio.fail_after(5):
+                await end.send_all(b"first")  # a write that finds the pty raw ...
+                assert await read_exactly(app, 5) == b"first"
+            # ... then what `stty sane` does, just before the remote's next bytes arrive.
+            attrs = termios.tcgetattr(app.fileno())
+            attrs[3] |= termios.ECHO | termios.ICANON
+            attrs[0] |= termios.ICRNL
+            termios.tcsetattr(app.fileno(), termios.TCSANOW, attrs)
+            sent = b"secret\r\ncommand\r\n"
+            with trio.fail_after(5):
+                await end.send_all(sent)
+                assert await read_exactly(app, len(sent)) == sent  # no ICRNL, no line editing
+            with trio.move_on_after(0.3) as nothing_echoed:
+                echoed = await end.receive_some()
+            assert nothing_echoed.cancelled_caught, f"echoed back: {echoed!r}"
+    finally:
+        await end.aclose()
+
+
+async def test_pty_counts_bytes_written_as_a_reader_drains_them() -> None:
+    end = PtyEnd()
+    await end.start()
+    try:
+        payload = os.urandom(200_000)  # far more than the pty holds: many partial writes
+        progress: list[int] = []
+        async with open_pty_client(end.path) as app, trio.open_nursery() as nursery:
+
+            async def slow_reader() -> None:
+                got = bytearray()
+                while len(got) < len(payload):
+                    got += await app.receive_some(8192)
+                    progress.append(end.bytes_written)
+                    await trio.sleep(0.001)
+                assert got == payload
+
+            nursery.start_soon(slow_reader)
+            with trio.fail_after(20):
+                await end.send_all(payload)
+        assert end.bytes_written == len(payload)
+        # It grew while send_all was still running: progress is visible mid-chunk.
+        assert any(0 < n < len(payload) for n in progress)
     finally:
         await end.aclose()
 
@@ -120,6 +177,95 @@ async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: P
 async def test_tty_end_refuses_a_missing_path_at_start(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await TtyEnd(str(tmp_path / "nope")).start()
+
+
+def open_fds() -> int:
+    gc.collect()  # a stream dropped by an earlier test must not close its fd mid-comparison
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_tty_end_refuses_a_non_tty_at_start_with_an_oserror(tmp_path: Path) -> None:
+    plain = tmp_path / "plain-file"
+    plain.write_bytes(b"")
+    for path in ("/dev/null", str(plain)):
+        before = open_fds()
+        with pytest.raises(OSError) as caught:  # not termios.error: the CLI reports OSErrors
+            await TtyEnd(path).start()
+        assert caught.value.errno == errno.ENOTTY
+        assert path in str(caught.value) and "not a tty" in str(caught.value)
+        assert open_fds() == before  # the opened descriptor was closed
+
+
+async def test_tty_end_keeps_waiting_when_its_path_comes_back_as_a_non_tty(
+    tmp_path: Path,
+) -> None:
+    link = tmp_path / "ttyS-vm"
+    master, slave = os.openpty()
+    os.symlink(os.ttyname(slave), link)
+    end = TtyEnd(str(link))
+    await end.start()
+    os.close(slave)
+    try:
+        # The device goes away and the name comes back as something that is not a tty.
+        os.close(master)
+        link.unlink()
+        os.symlink("/dev/null", link)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                got.append(await end.receive_some())
+
+            nursery.start_soon(reader)
+            await trio.sleep(1.0)  # reopen attempts fail with ENOTTY (at ~0.1, 0.3, 0.7 s)
+            fds = open_fds()
+            await trio.sleep(1.0)  # ... and once more (~1.5 s): a leak would be one more fd
+            assert open_fds() == fds
+            assert not got
+            master2, slave2 = os.openpty()
+            make_raw(slave2)
+            link.unlink()
+            os.symlink(os.ttyname(slave2), link)
+            os.close(slave2)
+            os.write(master2, b"back")
+            with trio.fail_after(10):
+                while not got:
+                    await trio.sleep(0.05)
+        assert got == [b"back"]
+        with trio.fail_after(5):
+            await end.send_all(b"reply")
+        assert end.bytes_written == len(b"reply")
+        assert os.read(master2, 100) == b"reply"
+        os.close(master2)
+    finally:
+        await end.aclose()
+
+
+async def test_unix_listen_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
+    path = str(tmp_path / "console.sock")
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(path)
+        live.listen(1)
+        inode = os.stat(path).st_ino
+        end = UnixListenEnd(path)
+        with pytest.raises(OSError) as caught:
+            await end.start()
+        await end.aclose()
+        assert str(caught.value).endswith(f"{path}: another process is listening on this socket")
+        assert os.stat(path).st_ino == inode  # the live listener keeps its name ...
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)  # ... and is still reachable
+    # A socket file nobody listens on any more is stale: replaced.
+    end = UnixListenEnd(path)
+    await end.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            with trio.fail_after(5):
+                await (await end.next_stream()).aclose()  # it is ours now
+    finally:
+        await end.aclose()
+    assert not os.path.exists(path)
 
 
 async def test_bytes_sent_just_before_the_remote_closes_reach_a_late_pty_reader() -> None:

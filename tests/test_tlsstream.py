@@ -95,10 +95,33 @@ async def test_failed_handshake_sends_alert_to_peer(pki: PKI, make_other_pki) ->
     assert "UNKNOWN_CA" in str(errors["server"].__cause__)
 
 
-async def test_split_last_byte_sends_trailing_one_byte_record(pki: PKI) -> None:
-    client, server = await handshaken_pair(pki, trio.testing.memory_stream_pair())
+def _record_lengths(wire: bytes | bytearray) -> list[int]:
+    """Lengths of the TLS records in ``wire`` (each: 5-byte header, then that many bytes)."""
+    lengths = []
+    while wire:
+        length = int.from_bytes(wire[3:5], "big")
+        lengths.append(length)
+        wire = wire[5 + length :]
+    return lengths
+
+
+@pytest.mark.parametrize("split", [True, False])
+async def test_split_last_byte_sends_trailing_one_byte_record(pki: PKI, split: bool) -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    server_ctx, client_ctx = contexts(pki)
+    client = TLSStream(
+        client_end, client_ctx, server_side=False, server_hostname="localhost",
+        split_last_byte=split,
+    )  # fmt: skip
+    server = TLSStream(server_end, server_ctx, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    # Read the client's records off the wire ourselves.
     await client.send_all(b"hello")
-    assert await server.receive_some() == b"hello"
+    wire = await server_end.receive_some()
+    # TLS 1.3 application records: plaintext + 1 content-type byte + 16 tag bytes.
+    assert _record_lengths(wire) == ([4 + 17, 1 + 17] if split else [5 + 17])
 
 
 @pytest.mark.parametrize("size", [1, 2, 16384, 100_000])

@@ -243,3 +243,11 @@ def test_cli_traffic_log_options() -> None:
     cfg = config_from_args(build_parser().parse_args(["--logfile", "f.log"]))
     assert cfg.traffic_log == TrafficLogConfig(Path("f.log"), False, "to-remote", "raw")
     assert config_from_args(build_parser().parse_args([])).traffic_log is None
+
+
+def test_log_file_that_cannot_be_opened_is_an_error_at_start_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-dir" / "traffic.log"
+    with pytest.raises(OSError, match=rf"^--logfile {re.escape(str(missing))}: No such file"):
+        TrafficLog(TrafficLogConfig(path=missing))

@@ -48,6 +48,11 @@ class RepeatFilter:
         self._count += 1
         return (self._count & (self._count - 1)) == 0, self._count
 
+    def quiet(self, message: str) -> bool:
+        """Whether ``message``, if it happened again now, would go unlogged."""
+        n = self._count + 1
+        return message == self._last and (n & (n - 1)) != 0
+
     def reset(self) -> None:
         """Forget the last failure (a session succeeded)."""
         self._last, self._count = None, 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import trio
 
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
-from chardev_bridge.datapath import Carry, Session, SessionStats
+from chardev_bridge.datapath import STREAM_ERRORS, Carry, Session, SessionStats
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
@@ -32,6 +33,15 @@ MAX_PENDING_HANDSHAKES = 64
 # A TLS server that closes within this time of the handshake, having sent nothing and no
 # close_notify, most likely rejected our certificate after the handshake (as QEMU does).
 _QUICK_REJECT_SECONDS = 2.0
+_PROBABLY_REJECTED = (
+    "the server closed the connection right after the handshake without a TLS alert: it"
+    " probably rejected our client certificate (QEMU does this when the certificate fails"
+    " verification or tls-authz)"
+)
+
+# A TLS 1.3 client learns that the server rejected its certificate only after its own
+# handshake is done (QEMU just closes); local bytes wait this long so they are not lost.
+_REJECT_SETTLE_SECONDS = 0.25
 
 # A session that lasted this long resets the reconnect backoff.
 _STABLE_SESSION_SECONDS = 10.0
@@ -39,6 +49,12 @@ _STABLE_SESSION_SECONDS = 10.0
 # How long a listening bridge keeps a remote client waiting while its socket local end
 # (QEMU's unix socket, say) is not there, retrying with backoff.
 _LOCAL_WAIT_SECONDS = 30.0
+
+# How often a remote waiting for its local end is checked for having left; the states are
+# Linux's (include/net/tcp_states.h), read from TCP_INFO.
+_REMOTE_WATCH_SECONDS = 1.0
+_TCP_CLOSE = 7
+_TCP_CLOSE_WAIT = 8
 
 _CONNECT_ERRORS = (
     OSError,
@@ -167,9 +183,23 @@ class Bridge:
 
     # -- one session ---------------------------------------------------------------------
 
-    async def _session(self, active: _Active, local_stream: trio.abc.Stream) -> SessionStats:
-        """Splice one remote session with the local end and log how it went."""
+    async def _session(
+        self,
+        active: _Active,
+        local_stream: trio.abc.Stream,
+        repeats: RepeatFilter | None = None,
+    ) -> SessionStats:
+        """Splice one remote session with the local end and log how it went; ``repeats``
+        (a connecting bridge) keeps a failure that repeats from flooding the log."""
         remote = active.remote
+        tls = self.tls
+        rejectable = (
+            tls is not None
+            and not tls.server_side
+            and tls.policy is not None
+            and remote.tls is not None
+            and remote.tls.version == "TLSv1.3"
+        )
         session = Session(
             local_stream,
             remote.stream,
@@ -179,11 +209,13 @@ class Bridge:
             tap_to_remote=self.traffic.to_remote if self.traffic else None,
             tap_to_local=self.traffic.to_local if self.traffic else None,
             grace=self.cfg.shutdown_grace,
+            settle=_REJECT_SETTLE_SECONDS if rejectable else 0.0,
         )
         active.session = session
         if self.stopping:
             session.drain("bridge shutting down")
         began = trio.current_time()
+        stats = session.stats
         try:
             await session.run()
         finally:
@@ -191,22 +223,25 @@ class Bridge:
                 await remote.stream.aclose()
                 if not self.local.persistent:
                     await local_stream.aclose()
-            _log_disconnect(remote, session.stats, trio.current_time() - began)
+            lasted = trio.current_time() - began
+            level, again = logging.INFO, ""
+            if (
+                tls is not None
+                and not tls.server_side
+                and remote.ragged_eof
+                and stats.to_local == 0
+                and lasted < _QUICK_REJECT_SECONDS
+            ):
+                stats.failure, stats.failed_side = _PROBABLY_REJECTED, "remote"
+                level = logging.ERROR
+            if repeats is not None and stats.failure is not None:
+                log_it, count = repeats.should_log(stats.failure)
+                if not log_it:
+                    level = logging.DEBUG
+                elif count > 1:
+                    again = f" ({count} times in a row)"
+            _log_disconnect(remote, stats, lasted, level, again)
             active.done.set()
-        stats = session.stats
-        if (
-            self.tls is not None
-            and not self.tls.server_side
-            and remote.ragged_eof
-            and stats.to_local == 0
-            and trio.current_time() - began < _QUICK_REJECT_SECONDS
-        ):
-            stats.failure = (
-                "the server closed the connection right after the handshake without a TLS"
-                " alert: it probably rejected our client certificate (QEMU does this when the"
-                " certificate fails verification or tls-authz)"
-            )
-            log.error("%s: %s", remote.peer, stats.failure)
         return stats
 
     async def _open_local(self) -> trio.abc.Stream:
@@ -224,7 +259,16 @@ class Bridge:
             self._idle_reader_gone = trio.Event()
             try:
                 with trio.CancelScope() as self._idle_scope:
-                    data = await self._local_stream.receive_some()
+                    try:
+                        data = await self._local_stream.receive_some()
+                    except STREAM_ERRORS as exc:
+                        # The next session meets the same failure and reports it too.
+                        log.error(
+                            "local end %s failed while disconnected: %s",
+                            self.local.describe(),
+                            describe_tls_error(exc),
+                        )
+                        return
                     if not data:
                         return
                     if self.traffic is not None:
@@ -344,7 +388,7 @@ class Bridge:
             with active.cancel:
                 log.info("session from %s: %s", peer, remote.describe())
                 try:
-                    local_stream = await self._open_local_with_retry()
+                    local_stream = await self._open_local_for(tcp, peer)
                 except OSError as exc:
                     log.error(
                         "closing %s: cannot open local end %s: %s",
@@ -352,6 +396,8 @@ class Bridge:
                         self.local.describe(),
                         exc,
                     )
+                    return
+                if local_stream is None:
                     return
                 await self._session(active, local_stream)
         finally:
@@ -374,6 +420,28 @@ class Bridge:
                 return f"a session with {peer} is active (--second-client reject)"
             return f"{self.max_sessions} sessions are active (--max-sessions)"
         return None
+
+    async def _open_local_for(self, tcp: trio.SocketStream, peer: str) -> trio.abc.Stream | None:
+        """The local stream for a remote that has connected, or None if the remote left
+        first: a listening local end may wait long for its client, and a remote that is
+        gone must not hold the line meanwhile."""
+        local_stream = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch_remote() -> None:
+                while _tcp_peer_present(tcp.socket, tls=self.tls is not None):
+                    await trio.sleep(_REMOTE_WATCH_SECONDS)
+                log.warning(
+                    "closing %s: it left before local end %s was ready",
+                    peer,
+                    self.local.describe(),
+                )
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_remote)
+            local_stream = await self._open_local_with_retry()
+            nursery.cancel_scope.cancel()
+        return local_stream
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
         """The local stream; a socket end that is not there yet is retried for a while."""
@@ -453,16 +521,25 @@ class Bridge:
                 local_stream = await self._open_local()
             except OSError as exc:
                 failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
-                log.error("%s", failure)
+                log_it, count = repeats.should_log(failure)
+                if log_it or self.cfg.reconnect is None:
+                    again = f" ({count} times in a row)" if count > 1 else ""
+                    log.error("%s%s", failure, again)
                 return failure
+        tcp: trio.SocketStream | None = None
         try:
-            tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
+            # A black-holed address would otherwise cost the kernel's ~2 minutes of SYNs.
+            with trio.fail_after(cfg.handshake_timeout):
+                tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
             remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
         except _CONNECT_ERRORS as exc:
             if not self.local.persistent:
                 await trio.aclose_forcefully(local_stream)
+            if tcp is not None:
+                await trio.aclose_forcefully(tcp)
             if isinstance(exc, trio.TooSlowError):
-                failure = f"no TLS handshake within {cfg.handshake_timeout:g}s"
+                what = "TLS handshake" if tcp is not None else "TCP connection"
+                failure = f"no {what} within {cfg.handshake_timeout:g}s"
             elif isinstance(exc, PeerRejected):
                 failure = f"server denied by our policy: {exc}"
             else:
@@ -472,11 +549,13 @@ class Bridge:
                 again = f" ({count} times in a row)" if count > 1 else ""
                 log.error("cannot connect to %s: %s%s", target, failure, again)
             return failure
-        log.info("connected to %s: %s", remote.peer, remote.describe())
+        # While a server keeps rejecting us after the handshake, "connected" is quiet too.
+        level = logging.DEBUG if repeats.quiet(_PROBABLY_REJECTED) else logging.INFO
+        log.log(level, "connected to %s: %s", remote.peer, remote.describe())
         active = await self._claim(remote)
         try:
             with active.cancel:
-                stats = await self._session(active, local_stream)
+                stats = await self._session(active, local_stream, repeats)
         finally:
             self._release(active)
         if stats.failure is None:
@@ -484,7 +563,27 @@ class Bridge:
         return stats.failure
 
 
-def _log_disconnect(remote: RemoteSession, stats: SessionStats, lasted: float) -> None:
+def _tcp_peer_present(sock: trio.socket.SocketType, *, tls: bool) -> bool:
+    """Whether the peer of a connection we have not read from yet is still there.
+
+    A reset shows as TCP_CLOSE. A FIN (TCP_CLOSE_WAIT) means gone for a TLS peer, whose
+    clean end would be close_notify; a plain TCP peer may have half-closed and still wait
+    for an answer.
+    """
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return False
+    return state != _TCP_CLOSE and not (tls and state == _TCP_CLOSE_WAIT)
+
+
+def _log_disconnect(
+    remote: RemoteSession,
+    stats: SessionStats,
+    lasted: float,
+    level: int = logging.INFO,
+    again: str = "",
+) -> None:
     if stats.failure is not None:
         how = f"{stats.failed_side} failed: {stats.failure}"
     elif stats.ended_by is not None:
@@ -495,11 +594,13 @@ def _log_disconnect(remote: RemoteSession, stats: SessionStats, lasted: float) -
         how = "local end closed"
     else:
         how = "bridge shutting down"
-    log.info(
-        "disconnected from %s after %.1fs: %d bytes sent, %d bytes received; %s",
+    log.log(
+        level,
+        "disconnected from %s after %.1fs: %d bytes sent, %d bytes received; %s%s",
         remote.peer,
         lasted,
         stats.to_remote,
         stats.to_local,
         how,
+        again,
     )

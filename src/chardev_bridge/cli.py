@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
-        help="drop a peer that has not finished its TLS handshake by then"
-        f" (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+        help="drop a peer that has not finished its TLS handshake by then; also the"
+        f" TCP connect timeout (default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
     net.add_argument(
         "--idle-timeout",

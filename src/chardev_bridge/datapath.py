@@ -9,8 +9,9 @@ Read this top to bottom; it is the whole of how bytes move.
   next session instead of losing it.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
-  delivered; then a socket local end gets ``send_eof`` and may still answer, while a persistent
-  end (a serial line) simply ends the session: it outlives remote peers.
+  delivered; then a socket local end gets ``send_eof`` and may still answer (the session ends
+  once it has been quiet for ``grace`` seconds), while a persistent end (a serial line) simply
+  ends the session: it outlives remote peers.
 * **Graceful end.** :meth:`Session.drain` (shutdown, a replacing client, the idle timeout) stops
   both reads, lets the bytes already read reach their destination, then sends close_notify.
   Once draining, or once the remote has failed, the session gets ``grace`` seconds more: a
@@ -110,6 +111,7 @@ class Session:
         tap_to_remote: Tap | None = None,
         tap_to_local: Tap | None = None,
         grace: float = 5.0,
+        settle: float = 0.0,
     ) -> None:
         self.local = local
         self.remote = remote
@@ -124,6 +126,9 @@ class Session:
         self._up_scope = trio.CancelScope()
         self._delivering_since: float | None = None
         self.grace = grace
+        # Seconds the first send waits for the remote to reject us (see _settle).
+        self.settle = settle
+        self._remote_done = trio.Event()
         self._pumps: trio.Nursery | None = None
         # Seconds the session may still take, once it is ending (None: not ending).
         self._end_grace: float | None = None
@@ -150,9 +155,9 @@ class Session:
             self.stats.failed_side = side
         if side == "remote":
             # Stop talking to the dead remote, but let bytes that already arrived from it
-            # finish reaching the local end.
+            # (still in the kernel or the TLS engine when a send failed) reach the local end.
+            self._remote_done.set()
             self._up_scope.cancel()
-            self._remote_reader.stop()
             self._end_within_grace()
         elif self._pumps is not None:
             self._pumps.cancel_scope.cancel()
@@ -170,9 +175,21 @@ class Session:
             outer.cancel_scope.cancel()
         return self.stats
 
+    async def _settle(self) -> None:
+        """Give the remote ``settle`` seconds to reject us before anything is sent.
+
+        A TLS 1.3 client finishes its handshake before the server has checked the client
+        certificate; QEMU then closes without a word. Bytes sent in that window would be
+        accepted by the kernel and lost with the connection, so they wait in the local end.
+        """
+        if self.settle > 0:
+            with trio.move_on_after(self.settle):
+                await self._remote_done.wait()
+
     async def _local_to_remote(self) -> None:
         stats, carry = self.stats, self.carry
         with self._up_scope:
+            await self._settle()
             while True:
                 if not carry.pending:
                     try:
@@ -221,6 +238,8 @@ class Session:
             stats.to_local += len(data)
             stats.last_activity = trio.current_time()
         stats.remote_eof = True
+        stats.last_activity = trio.current_time()
+        self._remote_done.set()
         if self.local_persistent:
             # The line stays; this remote session is over. Cancelling is safe: a chunk
             # the other pump holds stays in `carry` for the next session.
@@ -229,28 +248,46 @@ class Session:
             await _send_eof(self.local)
 
     async def _watch(self) -> None:
-        """Report a local end nobody reads; drain the session when idle too long."""
+        """Report a local end nobody reads; end a session that has gone quiet for good."""
+        stats = self.stats
         warned_at: float | None = None
+        written = getattr(self.local, "bytes_written", None)
         while True:
             await trio.sleep(1)
             now = trio.current_time()
+            # A slow reader (a 9600-baud line) takes a chunk over many seconds: what the
+            # local end has written since the last look is progress, not a stall.
+            was, written = written, getattr(self.local, "bytes_written", None)
+            if written != was:
+                stats.last_activity = now
+                if self._delivering_since is not None:
+                    self._delivering_since = now
             since = self._delivering_since
             if since is not None and now - since >= UNREAD_WARNING_SECONDS:
-                if warned_at != since:
+                if warned_at is None:
                     warned_at = since
                     log.warning(
                         "the local end has taken no bytes for %.0fs: the remote peer is"
                         " stalled until something reads it (see --when-unread)",
                         now - since,
                     )
-            elif warned_at is not None and since is None:
+            elif warned_at is not None:
                 log.info("the local end is being read again")
                 warned_at = None
-            idle = now - self.stats.last_activity
+            idle = now - stats.last_activity
             if self.idle_timeout is not None and idle >= self.idle_timeout:
                 # Nothing moved for that long: bytes stuck on their way (an unread pty, a
                 # remote that vanished without a word) will not move now either.
                 self.drain(f"idle for {idle:.0f}s (--idle-timeout)", grace=0)
+            elif (
+                stats.remote_eof
+                and not stats.local_eof
+                and not self.local_persistent
+                and idle >= self.grace
+            ):
+                # The remote has ended and the local connection has had nothing more to say:
+                # a peer that closed for good (QEMU never half-closes) must not hold the line.
+                self.drain(f"remote closed, local end quiet for {self.grace:g}s", grace=0)
 
 
 async def splice(

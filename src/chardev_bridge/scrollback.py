@@ -30,6 +30,9 @@ class ScrollbackEnd(trio.abc.Stream):
         self.dropped = 0
         self._reported_dropped = 0
         self._next_report = 0.0
+        # Why the local end stopped taking bytes for good; the session then fails as it
+        # would in block mode.
+        self._failure: BaseException | None = None
 
     async def run(self) -> None:
         """Deliver the scrollback to the local end forever (run it in the bridge's nursery)."""
@@ -43,6 +46,10 @@ class ScrollbackEnd(trio.abc.Stream):
             self._writing = True
             try:
                 await self.inner.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._failure = exc
+                self._buffer.clear()
+                return
             finally:
                 self._writing = False
             if not self._buffer and self.dropped > self._reported_dropped:
@@ -59,6 +66,8 @@ class ScrollbackEnd(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Append to the scrollback, dropping the oldest bytes past the limit."""
+        if self._failure is not None:
+            raise trio.BrokenResourceError(str(self._failure)) from self._failure
         self._buffer += data
         excess = len(self._buffer) - self.limit
         if excess > 0:

@@ -32,7 +32,11 @@ class TrafficLog:
 
     def __init__(self, cfg: TrafficLogConfig) -> None:
         self.cfg = cfg
-        self._file: BinaryIO = cfg.path.open("ab" if cfg.append else "wb", buffering=0)
+        try:
+            self._file: BinaryIO = cfg.path.open("ab" if cfg.append else "wb", buffering=0)
+        except OSError as exc:
+            # At start, as in QEMU: better no bridge than one that silently logs nothing.
+            raise OSError(f"--logfile {cfg.path}: {exc.strerror or exc}") from exc
         self._failing = False
 
     def to_remote(self, data: bytes | bytearray) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from abc import ABC, abstractmethod
 from types import TracebackType
 
@@ -20,6 +22,9 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
     #: Set by a persistent end once its stream has ended for good (stdin EOF): nothing more
     #: will ever come from it, so the bridge stops after the current session.
     exhausted: bool = False
+    #: Bytes send_all has handed to the OS so far; lets the data path tell a slow reader
+    #: from a stuck one.
+    bytes_written: int = 0
 
     @abstractmethod
     async def start(self) -> None:
@@ -32,6 +37,37 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
     @abstractmethod
     def describe(self) -> str:
         """A short human description for log lines, e.g. ``pty /dev/pts/4``."""
+
+    def _before_write(self) -> None:
+        """Called before each write of :meth:`_send_counted` (a pty re-asserts raw mode)."""
+
+    async def _send_counted(
+        self, stream: trio.lowlevel.FdStream, data: bytes | bytearray | memoryview
+    ) -> None:
+        """``stream.send_all(data)``, adding each write to :attr:`bytes_written` as it happens.
+
+        FdStream.send_all only returns once the whole chunk is written, which a 9600-baud
+        reader takes many seconds over; counting each write shows that progress. Errors are
+        FdStream's: ClosedResourceError once closed, BrokenResourceError from the OSError.
+        """
+        await trio.lowlevel.checkpoint()
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                self._before_write()
+                try:
+                    # fileno() is -1 once the stream is closed: EBADF below, not another fd.
+                    with view[sent:] as remaining:
+                        n = os.write(stream.fileno(), remaining)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(stream.fileno())
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError("file was already closed") from None
+                    raise trio.BrokenResourceError from exc
+                sent += n
+                self.bytes_written += n
 
     async def aclose(self) -> None:
         """Release everything (remove links, listening sockets)."""

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import trio
 
+from chardev_bridge.backoff import RepeatFilter
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 
 log = logging.getLogger("chardev_bridge")
-
-# How often at most to check that a client has not switched the pty out of raw mode.
-_RAW_CHECK_INTERVAL = 1.0
 
 # At exit, how long bytes still queued in the pty may take to be read before it is closed.
 DRAIN_SECONDS = 5.0
@@ -43,14 +41,16 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         self._master = -1
         self._slave = -1
         self._stream: trio.lowlevel.FdStream | None = None
-        self._next_raw_check = 0.0
+        # A client that keeps cooking the pty must not flood the log with one line per write.
+        self._raw_restores = RepeatFilter()
 
     async def start(self) -> None:
         """Create the pty in raw mode and the optional symlink to it."""
         self._master, self._slave = os.openpty()
+        # The stream owns the master from here, so aclose() closes it if a step below fails.
+        self._stream = trio.lowlevel.FdStream(self._master)
         self.path = os.ttyname(self._slave)
         make_raw(self._slave)
-        self._stream = trio.lowlevel.FdStream(self._master)
         if self.link is not None:
             _replace_symlink(self.link, self.path)
         await trio.lowlevel.checkpoint()
@@ -66,21 +66,30 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
 
     def _keep_raw(self) -> None:
         # Termios settings persist across slave opens, so a client (or `stty sane`) can
-        # leave the pty cooked, which would echo and mangle CR/LF. Re-assert, cheaply.
-        now = trio.current_time()
-        if now < self._next_raw_check:
-            return
-        self._next_raw_check = now + _RAW_CHECK_INTERVAL
+        # leave the pty cooked, which would echo remote bytes back to the remote and mangle
+        # CR/LF. Checked before every write and after every read: a single write in cooked
+        # mode is already an echo, and the check is one tcgetattr ioctl.
+        if self._slave < 0:
+            return  # closed: the stream operation itself reports that
         if not is_raw(self._slave):
             make_raw(self._slave)
-            log.warning("pty %s had been taken out of raw mode; raw mode restored", self.path)
+            show, count = self._raw_restores.should_log("cooked")
+            if show:
+                log.warning(
+                    "pty %s had been taken out of raw mode; raw mode restored%s",
+                    self.path,
+                    f" ({count} times so far)" if count > 1 else "",
+                )
+
+    def _before_write(self) -> None:
+        self._keep_raw()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes an application wrote to the slave."""
         assert self._stream is not None
         data = await self._stream.receive_some(max_bytes)
-        self._keep_raw()
         if not data or max_bytes is None:
+            self._keep_raw()
             return data
         # The line discipline hands over at most ~4 KiB per read; a writer on the other core
         # has often refilled it already. Take what is there now (no waiting, so no added
@@ -96,13 +105,13 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
                 break
             parts.append(more)
             size += len(more)
+        self._keep_raw()
         return b"".join(parts) if len(parts) > 1 else data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Deliver bytes to the application; blocks while nobody reads and the pty is full."""
         assert self._stream is not None
-        self._keep_raw()
-        await self._stream.send_all(data)
+        await self._send_counted(self._stream, data)  # re-asserts raw mode before each write
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the pty can take more bytes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -124,9 +125,13 @@ class UnixListenEnd(_ListenEnd):
         self._bound_inode: int | None = None
 
     async def start(self) -> None:
-        """Bind and listen, replacing a stale socket file left by a previous run."""
+        """Bind and listen, replacing a stale socket file left by a previous run.
+
+        A socket file that another process still listens on (another bridge, QEMU) is not
+        stale: taking its name would silently cut that process off, so start-up fails.
+        """
         try:
-            if stat.S_ISSOCK(os.stat(self.path).st_mode):
+            if stat.S_ISSOCK(os.stat(self.path).st_mode) and _is_stale(self.path):
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
@@ -154,3 +159,29 @@ class UnixListenEnd(_ListenEnd):
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _is_stale(path: str) -> bool:
+    """Whether nobody listens on the unix socket file ``path`` (it may be removed).
+
+    Only a refused connection proves that; a listener sees one connection that closes at
+    once. Raises :class:`OSError` when the socket is alive or its state cannot be told.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Non-blocking: a unix connect completes or fails at once (EAGAIN: a full backlog).
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except BlockingIOError:
+        pass  # the listener's backlog is full: it is alive
+    except FileNotFoundError:
+        raise  # gone meanwhile: nothing to remove
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{path}: cannot tell whether another process listens on it: {exc.strerror}"
+        ) from exc
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")

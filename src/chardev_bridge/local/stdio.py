@@ -63,7 +63,7 @@ class StdioEnd(LocalEnd, trio.abc.HalfCloseableStream):
         """Write to stdout."""
         if self._out is None:
             raise trio.ClosedResourceError("stdout was closed by send_eof")
-        await self._out.send_all(data)
+        await self._send_counted(self._out, data)
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until stdout can take more bytes."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import termios
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _IFLAG_OFF = (
     termios.IGNBRK
@@ -35,12 +37,30 @@ def _raw(attrs: list[int | list[bytes | int]]) -> list[int | list[bytes | int]]:
     ]
 
 
+@contextmanager
+def _as_oserror() -> Iterator[None]:
+    # termios.error is not an OSError, so it would slip past every caller's OSError handling
+    # (start-up errors, the tty reopen loop, the data path); its args are (errno, message).
+    try:
+        yield
+    except termios.error as exc:
+        raise OSError(*exc.args) from None
+
+
 def make_raw(fd: int) -> None:
-    """Put the terminal on ``fd`` in raw mode: no echo, no CR/LF mangling, no signals."""
-    termios.tcsetattr(fd, termios.TCSANOW, _raw(termios.tcgetattr(fd)))
+    """Put the terminal on ``fd`` in raw mode: no echo, no CR/LF mangling, no signals.
+
+    Raises :class:`OSError` (ENOTTY for something that is not a terminal).
+    """
+    with _as_oserror():
+        termios.tcsetattr(fd, termios.TCSANOW, _raw(termios.tcgetattr(fd)))
 
 
 def is_raw(fd: int) -> bool:
-    """Whether the terminal on ``fd`` is still in the mode :func:`make_raw` sets."""
-    attrs = termios.tcgetattr(fd)
+    """Whether the terminal on ``fd`` is still in the mode :func:`make_raw` sets.
+
+    Raises :class:`OSError` like :func:`make_raw`.
+    """
+    with _as_oserror():
+        attrs = termios.tcgetattr(fd)
     return attrs[:4] == _raw(attrs)[:4]

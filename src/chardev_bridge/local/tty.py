@@ -24,10 +24,17 @@ _REOPEN_MIN, _REOPEN_MAX = 0.1, 5.0
 
 
 def _open_raw(path: str) -> int:
+    """Open ``path`` read-write in raw mode; an :class:`OSError` naming the path if it fails."""
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         make_raw(fd)
-    except OSError:
+    except OSError as exc:
+        os.close(fd)
+        # make_raw only knows the fd; say which path, and "not a tty" rather than ENOTTY's
+        # "Inappropriate ioctl for device" (e.g. --local tty:/dev/null or a regular file).
+        why = "not a tty" if exc.errno == errno.ENOTTY else exc.strerror
+        raise OSError(exc.errno, why, path) from exc
+    except BaseException:
         os.close(fd)
         raise
     return fd
@@ -128,7 +135,7 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
         while True:
             stream, generation = await self._current()
             try:
-                await stream.send_all(data)
+                await self._send_counted(stream, data)
                 self._backoff.reset()
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +31,8 @@ from chardev_bridge import pki
 from chardev_bridge.bridge import run_bridge
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.priority import LOCAL_POLICY_FILE
+from chardev_bridge.priority import LOCAL_POLICY_FILE, parse_priority
+from chardev_bridge.tlspolicy import TLSPolicy, load_x509_creds, make_ssl_context
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.certcraft import DAY, NOW, craft, write_dir
 from tests.peers import qemu_errors, qemu_load, require_tool, tls_creds_args
@@ -757,3 +759,69 @@ def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, build: ob
     lines = log_lines(proc.stderr)
     assert expected in lines, lines
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
+
+
+@pytest.mark.interop
+async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Python 3.11's ssl cannot restrict TLS 1.3 suites, so the bridge checks the negotiated
+    # one right after the handshake: a gnutls-cli that offers only AES-128 gets no further.
+    # (Under SECURE192/256, OpenSSL's security level 4 already refuses AES-128 outright.)
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path)
+    cfg = server_cfg(creds.server, tls_priority="NORMAL:-AES-128-GCM")
+    only_aes128 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM"
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                await denied_gnutls_client(
+                    bridge.ports[0], creds.client, app, "--priority", only_aes128
+                )
+                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                # The same bridge still takes a client within the policy.
+                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    assert line.endswith(
+        "the peer negotiated TLS_AES_128_GCM_SHA256 over TLS 1.3, which the priority string"
+        " 'NORMAL:-AES-128-GCM' does not allow"
+    ), line
+    assert b"(TLS1.3-X.509)" in output and b"AES-256-GCM" in output, output
+
+
+def test_dh_params_below_the_priority_turn_dhe_off_instead_of_failing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # creds init (like certtool) writes a 2048-bit DH group, below SECURE192/256's level.
+    creds = make_creds(tmp_path, key_type="ecdsa-p384")
+    assert (creds.server / "dh-params.pem").exists()
+    policy = TLSPolicy(
+        load_x509_creds(creds.server, "server"), priority=parse_priority("SECURE256", keywords={})
+    )
+    ctx = make_ssl_context(policy)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert re.search(
+        r"dh-params\.pem: too small for the priority 'SECURE256'; DHE suites are off", caplog.text
+    )
+
+
+@pytest.mark.interop
+async def test_secure256_refuses_a_tls13_aes128_only_gnutls_cli_in_the_handshake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    creds = make_creds(tmp_path, key_type="ecdsa-p384")  # SECURE256 wants 192-bit keys
+    cfg = server_cfg(creds.server, tls_priority="SECURE256")
+    only_aes128 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM"
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                code, _ = await denied_gnutls_client(
+                    bridge.ports[0], creds.client, app, "--priority", only_aes128
+                )
+                line = await wait_for_log(caplog, rf"TLS handshake with {PEER} failed: ")
+                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    assert code != 0
+    assert line.endswith("failed: no cipher in common with the peer"), line
+    assert b"(TLS1.3-X.509)" in output and b"AES-256-GCM" in output, output

@@ -157,6 +157,7 @@ TLS13_SUITES = {
 OPENSSL_TLS13_DEFAULT = frozenset(
     {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}
 )
+_TLS13_128_BIT = frozenset({"TLS_AES_128_GCM_SHA256", "TLS_AES_128_CCM_SHA256"})
 _SSL_VERSIONS = {TLS12: ssl.TLSVersion.TLSv1_2, TLS13: ssl.TLSVersion.TLSv1_3}
 
 
@@ -256,7 +257,11 @@ class TlsPriority:
         """TLS 1.3 suites OpenSSL may negotiate although the string does not allow them."""
         if self.maximum_version < ssl.TLSVersion.TLSv1_3 or self.tls13_allowed is None:
             return frozenset()
-        return OPENSSL_TLS13_DEFAULT - self.tls13_allowed
+        possible = OPENSSL_TLS13_DEFAULT
+        if (self.security_level or 0) >= 4:
+            # Level 4 means 192-bit security: OpenSSL refuses the 128-bit suites itself.
+            possible -= _TLS13_128_BIT
+        return possible - self.tls13_allowed
 
     def describe(self) -> str:
         """One line for the start-up log."""

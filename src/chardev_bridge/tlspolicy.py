@@ -6,6 +6,7 @@ tested without sockets.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chardev_bridge.authz import AuthzList, qemu_dn
 from chardev_bridge.priority import DEFAULT_PRIORITY, TlsPriority, apply_priority, check_negotiated
+
+log = logging.getLogger("chardev_bridge")
 
 Endpoint = Literal["server", "client"]
 
@@ -147,7 +150,7 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
         # ticket costs the handshake time.
         ctx.num_tickets = 0
         if creds.dh_params is not None:
-            ctx.load_dh_params(str(creds.dh_params))
+            _load_dh_params(ctx, creds.dh_params, policy.priority.text)
         # The CRL is checked after the handshake (check_peer), not by OpenSSL: only then is
         # the revoked certificate's subject and serial known for the log, and, as in QEMU, a
         # CRL past its next-update date still revokes instead of locking every client out.
@@ -156,6 +159,21 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
         ctx.check_hostname = policy.verify_peer
         ctx.verify_mode = ssl.CERT_REQUIRED if policy.verify_peer else ssl.CERT_NONE
     return ctx
+
+
+def _load_dh_params(ctx: ssl.SSLContext, path: Path, priority: str) -> None:
+    try:
+        ctx.load_dh_params(str(path))
+    except ssl.SSLError as exc:
+        if exc.reason != "DH_KEY_TOO_SMALL":
+            raise CredentialError(f"cannot load DH parameters {path}: {_reason(exc)}") from None
+        # As gnutls does under such a priority: no DHE suites, ECDHE still works. The
+        # 2048-bit groups that certtool and `creds init` write are below SECURE192/256.
+        log.warning(
+            "%s: too small for the priority %r; DHE suites are off (ECDHE is used)",
+            path,
+            priority,
+        )
 
 
 def _load_cert_chain(ctx: ssl.SSLContext, cert: Path, key: Path, password: bytes | None) -> None:

@@ -7,6 +7,7 @@ by skipping them. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -42,6 +43,21 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+def require_qemu() -> str:
+    """``qemu-system-x86_64``, which under CI=true must be the QEMU 7.2 these tests target."""
+    binary = require_tool("qemu-system-x86_64")
+    version = _qemu_version(binary)
+    if os.environ.get("CI") == "true" and not version.startswith("QEMU emulator version 7.2"):
+        pytest.fail(f"the interop tests target QEMU 7.2, found: {version}", pytrace=False)
+    return binary
+
+
+@functools.cache
+def _qemu_version(binary: str) -> str:
+    result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return (result.stdout.splitlines() or ["?"])[0]
+
+
 class QemuError(Exception):
     """QEMU exited during start-up; ``stderr`` holds its message."""
 
@@ -69,7 +85,7 @@ class Qemu:
     """
 
     def __init__(self, args: Sequence[str], timeout: float = 10.0):
-        self.binary = require_tool("qemu-system-x86_64")
+        self.binary = require_qemu()
         self.args = list(args)
         self.timeout = timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -180,7 +196,7 @@ def tls_monitor_args(chardev_id: str, creds_id: str, *, authz: str | None = None
 
 def qemu_load(args: Sequence[str]) -> tuple[int, str]:
     """Start QEMU with ``args``, let it load them, quit; (exit status, stderr)."""
-    binary = require_tool("qemu-system-x86_64")
+    binary = require_qemu()
     cmd = [binary, "-machine", "none", "-nodefaults", "-display", "none", "-S", *args]
     proc = subprocess.run(
         [*cmd, "-qmp", "stdio"],

@@ -16,7 +16,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from chardev_bridge import pki
 from chardev_bridge.credcheck import Finding, check_creds, guess_endpoint, has_errors
 from tests.certcraft import DAY, NOW, craft, write_dir
-from tests.peers import Qemu, qemu_errors, qemu_load, require_tool, tls_creds_args, tls_monitor_args
+from tests.peers import (
+    Qemu,
+    qemu_errors,
+    qemu_load,
+    require_qemu,
+    require_tool,
+    tls_creds_args,
+    tls_monitor_args,
+)
 
 SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
 CLIENT_EKU = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -177,7 +185,7 @@ def test_verdict_and_wording_match_qemu_source(tmp_path: Path, name: str) -> Non
 
 @pytest.mark.interop
 def test_verdicts_match_qemu_7_2_loading_the_same_dirs(tmp_path: Path) -> None:
-    require_tool("qemu-system-x86_64")
+    require_qemu()
     dirs = {name: build(tmp_path / name) for name, (build, _) in CASES.items()}
 
     def load(directory: Path) -> tuple[int, str]:
@@ -194,6 +202,52 @@ def test_verdicts_match_qemu_7_2_loading_the_same_dirs(tmp_path: Path) -> None:
             assert qemu_said, f"{name}: QEMU exited {status} without a message: {stderr}"
             # QEMU stops at its first problem; credcheck must report that one, worded alike.
             assert any(e.startswith(qemu_said[0]) for e in ours), (name, qemu_said, ours)
+
+
+def _client(leaf: pki.Issued | None, cas: list[x509.Certificate] | None = None) -> Case:
+    return lambda d: write_dir(d, "client", leaf, cas or [CA.cert])
+
+
+# The client endpoint: QEMU's checks differ (the certificate is optional, the purpose is
+# clientAuth). Compared with QEMU 7.2 loading each dir as endpoint=client.
+CLIENT_CASES: dict[str, Case] = {
+    "good": _client(GOOD_CLIENT),
+    "no-certificate": _client(None),
+    "expired": _client(
+        craft(issuer=CA, eku=CLIENT_EKU, not_before=NOW - 9 * DAY, not_after=NOW - DAY)
+    ),
+    "server-purpose-on-client": _client(craft(issuer=CA, eku=SERVER_EKU)),
+    "unknown-issuer": _client(GOOD_CLIENT, [OTHER_CA.cert]),
+    "leaf-is-ca": _client(craft(issuer=CA, ca=True, eku=CLIENT_EKU)),
+    "missing-key": lambda d: _without(
+        write_dir(d, "client", GOOD_CLIENT, [CA.cert]), "client-key.pem"
+    ),
+    "missing-ca": lambda d: _without(write_dir(d, "client", GOOD_CLIENT, [CA.cert]), "ca-cert.pem"),
+}
+
+
+@pytest.mark.interop
+def test_client_endpoint_verdicts_match_qemu_7_2(tmp_path: Path) -> None:
+    require_qemu()
+    dirs = {name: build(tmp_path / name) for name, build in CLIENT_CASES.items()}
+
+    def load(directory: Path) -> tuple[int, str]:
+        return qemu_load(tls_creds_args("tls0", str(directory), "client"))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = dict(zip(dirs, pool.map(load, dirs.values()), strict=True))
+    verdicts = {}
+    for name, (status, stderr) in results.items():
+        ours = errors(check_creds(dirs[name], "client"))
+        qemu_said = qemu_errors(stderr)
+        verdicts[name] = status == 0
+        if status == 0:
+            assert ours == [], f"{name}: QEMU loads it, credcheck says {ours}"
+        else:
+            assert qemu_said, f"{name}: QEMU exited {status} without a message: {stderr}"
+            assert any(e.startswith(qemu_said[0]) for e in ours), (name, qemu_said, ours)
+    # Both kinds occur, so the comparison means something.
+    assert verdicts["good"] and not verdicts["expired"] and not verdicts["missing-ca"]
 
 
 def test_good_dirs_have_info_lines_and_no_warnings(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import select
 import signal
 import time
@@ -17,7 +18,7 @@ import trio
 
 from chardev_bridge import pki
 from tests.bridges import read_until
-from tests.peers import Qemu, require_tool, tls_creds_args
+from tests.peers import Qemu, require_qemu, tls_creds_args
 from tests.sessionkit import (
     HOST,
     CliBridge,
@@ -142,7 +143,7 @@ async def test_far_bridge_sigkilled_mid_transfer_and_restarted_loses_nothing_aft
 async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again(
     creds: pki.PkiLayout, tmp_path: Path
 ) -> None:
-    require_tool("qemu-system-x86_64")
+    require_qemu()
     port = free_port()
     link = tmp_path / "vm-monitor"
     qemu_args = [
@@ -154,6 +155,9 @@ async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again
     ]
     args = ["--host", HOST, "--port", str(port), "--tls-creds", str(creds.client_dir)]
     args += ["--reconnect", "0.2", "--reconnect-max", "1", "--link", str(link)]
+
+    def _query(n: int) -> bytes:
+        return b'{"execute":"query-status","id":%d}\r\n' % n
 
     async def qmp(app: trio.abc.Stream, command: bytes) -> bytes:
         await app.send_all(command + b"\r\n")
@@ -170,23 +174,29 @@ async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again
                     assert (
                         await qmp(app, b'{"execute":"qmp_capabilities"}') == b'{"return": {}}\r\n'
                     )
-                    for _ in range(20):  # QMP traffic, then the kill
-                        assert b"prelaunch" in await qmp(app, b'{"execute":"query-status"}')
+                    # 500 pipelined commands; QEMU is killed while it answers them.
+                    await app.send_all(b"".join(_query(i) for i in range(500)))
+                    await read_until(app, b'"id": 20}', timeout=10)
                     assert qemu.proc is not None
                     qemu.proc.kill()
                     qemu.proc.wait(timeout=10)
                     qemu.close()
-                    await bridge.wait_for(r"disconnected from 127\.0\.0\.1")
-                    await trio.sleep(0.5)
                     qemu = Qemu(qemu_args).__enter__()
-                    # The same pty, the same fd: the new QEMU's greeting comes through it.
-                    greeting = await read_until(app, b"\r\n", timeout=15)
-                    assert greeting.startswith(b'{"QMP"'), greeting
-                    assert (
-                        await qmp(app, b'{"execute":"qmp_capabilities"}') == b'{"return": {}}\r\n'
-                    )
-                    status = await qmp(app, b'{"execute":"query-status"}')
-                    assert b'"status": "prelaunch"' in status
+                    # The same pty, the same fd: the new QEMU's greeting comes through it,
+                    # after the old QEMU's answers that had arrived before it died (the
+                    # session ends once they are read: remote bytes wait for the local end).
+                    seen = await read_until(app, b'{"QMP"', timeout=15)
+                    if b"\r\n" not in seen[seen.index(b'{"QMP"') :]:
+                        await read_until(app, b"\r\n")
+                    await app.send_all(b'{"execute":"qmp_capabilities"}\r\n')
+                    await read_until(app, b'{"return": {}}\r\n')
+                    # Everything written after the reconnection arrives once, in order.
+                    await app.send_all(b"".join(_query(i) for i in range(1000, 1200)))
+                    answers = await read_until(app, b'"id": 1199}\r\n', timeout=15)
+                    ids = [int(m) for m in re.findall(rb'"id": (\d+)}', answers)]
+                    assert ids == list(range(1000, 1200)), ids
+                    assert answers.count(b'"status": "prelaunch"') == 200
+                    assert bridge.count(r"disconnected from 127\.0\.0\.1") == 1
                     assert os.readlink(link) == pty_path
                     assert not poll_flags(app) & (select.POLLHUP | select.POLLERR)
                 bridge.signal(signal.SIGTERM)

@@ -121,6 +121,8 @@ def test_init_refuses_to_overwrite_and_writes_nothing(tmp_path: Path) -> None:
     ("key_type", "check"),
     [
         ("rsa-2048", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 2048),
+        ("rsa-3072", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 3072),
+        ("rsa-4096", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 4096),
         (
             "ecdsa-p384",
             lambda k: isinstance(k, ec.EllipticCurvePublicKey) and k.curve.key_size == 384,
@@ -254,7 +256,8 @@ def test_cli_init_check_issue_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.interop
 def test_qemu_loads_generated_dirs_of_every_kind(tmp_path: Path) -> None:
     args: list[str] = []
-    for i, key_type in enumerate(("ecdsa-p256", "ecdsa-p384", "rsa-2048")):
+    kinds = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+    for i, key_type in enumerate(kinds):
         root = tmp_path / key_type
         pki.init_pki(root, key_type=key_type)  # type: ignore[arg-type]
         args += tls_creds_args(f"s{i}", str(root / "server"), "server")
@@ -267,7 +270,7 @@ def test_qemu_loads_generated_dirs_of_every_kind(tmp_path: Path) -> None:
     args += tls_creds_args("ce", str(tmp_path / "enc" / "client"), "client", extra=",passwordid=pw")
     with Qemu(args) as qemu:
         loaded = {o["name"] for o in qemu.execute("qom-list", path="/objects")}
-        assert {"s0", "c0", "s1", "c1", "s2", "c2", "se", "ce"} <= loaded
+        assert {f"{role}{i}" for role in "sc" for i in range(len(kinds))} | {"se", "ce"} <= loaded
         assert qemu.execute("qom-get", path="/objects/se", property="loaded") is True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -529,3 +530,44 @@ async def test_bridge_cli_config_carries_qmp_to_a_qemu_psk_server_through_its_pt
     assert f"TLS-PSK via {psk_route}" in caplog.text
     assert f"connected to 127.0.0.1:{port}: {CLIENT_VERSION}" in caplog.text
     assert "no peer certificate" in caplog.text
+
+
+async def test_qemu_psk_client_drives_qmp_through_a_listening_bridge_pty(
+    keys_dir: Path, psk_route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    args = ["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds-psk", str(keys_dir)]
+    cfg = config_from_args(build_parser().parse_args(args))
+    with trio.fail_after(TIMEOUT):
+        async with running_bridge(cfg) as ready:
+            assert ready.pty_path
+            vm_args = qemu_psk_client(keys_dir, ready.ports[0], "alice")
+            async with open_pty_client(ready.pty_path) as app, qemu(vm_args):
+                assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
+                await app.send_all(b'{"execute":"qmp_capabilities","id":1}\n')
+                assert await read_until(app, b"\r\n") == b'{"return": {}, "id": 1}\r\n'
+                await app.send_all(b'{"execute":"query-status","id":2}\n')
+                reply = await read_until(app, b"\r\n")
+    assert b'"status": "prelaunch"' in reply and b'"id": 2' in reply
+    assert re.search(
+        r"session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, no peer certificate", caplog.text
+    )
+
+
+async def test_tls_username_from_the_command_line_picks_the_key(
+    tmp_path: Path, psk_route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # QEMU's server knows only alice: the default identity (qemu) would be refused.
+    only_alice = write_keys(tmp_path / "alice", f"alice:{OTHER_KEY.hex()}\n")
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    async with qemu(qemu_psk_server(only_alice)) as vm:
+        port = await trio.to_thread.run_sync(vm.port, "mon0")
+        args = ["--host", "127.0.0.1", "--port", str(port), "--tls-creds-psk", str(only_alice)]
+        cfg = config_from_args(build_parser().parse_args([*args, "--tls-username", "alice"]))
+        assert cfg.tls_username == "alice"
+        with trio.fail_after(TIMEOUT):
+            async with running_bridge(cfg) as ready:
+                assert ready.pty_path
+                async with open_pty_client(ready.pty_path) as app:
+                    assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
+    assert f"connected to 127.0.0.1:{port}: {CLIENT_VERSION}" in caplog.text

@@ -117,17 +117,20 @@ class Qemu:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + self.timeout
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError("no answer from QEMU's QMP monitor")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        result: dict[str, Any] = json.loads(line)
-        return result
+        while True:
+            while b"\n" not in self._buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    raise TimeoutError("no answer from QEMU's QMP monitor")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\n", 1)
+            # QEMU also prints on stdout, e.g. "char device redirected to /dev/pts/3".
+            if line.startswith(b"{"):
+                result: dict[str, Any] = json.loads(line)
+                return result
 
     def execute(self, command: str, **arguments: Any) -> Any:
         """Run a QMP command and return its ``return`` value (events are skipped)."""

@@ -27,6 +27,7 @@ from chardev_bridge import pki as pkimod
 from chardev_bridge.bridge import run_bridge
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.creds_cli import main as creds_main
+from chardev_bridge.local import LocalSpec
 from chardev_bridge.tlsstream import TLSStream
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
@@ -40,6 +41,7 @@ from tests.procs import (
     subject_dn,
     wait_for_log,
 )
+from tests.sessionkit import client_context, tls_connect
 
 pytestmark = pytest.mark.interop
 
@@ -331,3 +333,35 @@ async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
     finally:
         await trio.to_thread.run_sync(vm.close)
     assert "peer certificate 'CN=localhost'" in caplog.text
+
+
+# -- a QEMU pty chardev as the local end (--local tty:PATH) ------------------------------------
+
+
+async def test_qmp_on_qemu_pty_chardev_served_over_tls_by_a_tty_local_end(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # QEMU's own `-chardev pty` (a monitor on it), exposed over TLS by a listening bridge with
+    # --local tty:/dev/pts/N: the set-up for a VM whose chardevs cannot do TLS themselves.
+    capture_bridge_logs(caplog)
+    args = ["-chardev", "pty,id=ser0", "-mon", "chardev=ser0,mode=control"]
+    async with qemu_in_thread(args) as qemu:
+        chardevs = await trio.to_thread.run_sync(functools.partial(qemu.execute, "query-chardev"))
+        (path,) = [c["filename"].removeprefix("pty:") for c in chardevs if c["label"] == "ser0"]
+        cfg = BridgeConfig(
+            listen=True,
+            host="127.0.0.1",
+            port=0,
+            tls_creds=pki.server_dir,
+            local=LocalSpec("tty", path=path),
+        )
+        with trio.fail_after(20):
+            async with running_bridge(cfg) as ready:
+                ctx = client_context(pki.client_dir)
+                stream, me = await tls_connect(ready.ports[0], ctx, server_hostname="localhost")
+                await drive_qmp(stream)
+                await stream.send_all(b'{"execute":"query-chardev"}')
+                reply = await read_until(stream, b"\r\n", timeout=5)
+                await stream.aclose()
+    assert f'"filename": "pty:{path}"'.encode() in reply
+    await wait_for_log(caplog, rf"^session from {re.escape(me)}: TLSv1\.3 ")

@@ -7,7 +7,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chardev_bridge.datapath import Carry, splice
+from chardev_bridge.datapath import Carry, Session, splice
 
 chunks = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
 
@@ -120,3 +120,65 @@ async def test_remote_failure_still_delivers_what_already_arrived() -> None:
             await peer.aclose()
             await splice(local, remote, local_persistent=True)
     assert got == b"arrived before the failure"
+
+
+class _RemoteThatDies(trio.abc.HalfCloseableStream):
+    """Takes ``accepts`` writes whole, then every write fails as on a reset connection."""
+
+    def __init__(self, accepts: int) -> None:
+        self.accepts = accepts
+        self.got = bytearray()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.accepts == 0:
+            raise trio.BrokenResourceError("[Errno 104] Connection reset by peer")
+        self.accepts -= 1
+        self.got += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=chunks, accepts=st.integers(min_value=0, max_value=6))
+def test_carry_gives_the_next_session_exactly_what_a_dying_remote_did_not_take(
+    parts: list[bytes], accepts: int
+) -> None:
+    wanted = b"".join(parts)
+
+    async def main() -> None:
+        app, local = trio.testing.memory_stream_pair()
+        first, carry = _RemoteThatDies(accepts), Carry()
+        second, peer = trio.testing.memory_stream_pair()
+        got = bytearray()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                one = Session(local, first, local_persistent=True, carry=carry, grace=0.01)
+                nursery.start_soon(one.run)
+                await feed(app, parts, False)
+                # The first remote dies on a write, or it took everything: end it then.
+                while not one.stats.failure and len(first.got) < len(wanted):
+                    await trio.sleep(0.001)
+                one.drain("test: first remote done")
+            async with trio.open_nursery() as nursery:
+                two = Session(local, second, local_persistent=True, carry=carry)
+                nursery.start_soon(two.run)
+                await app.send_eof()
+                while len(first.got) + len(got) < len(wanted):
+                    got += await peer.receive_some()
+                await peer.send_eof()
+        assert bytes(first.got) + bytes(got) == wanted
+        assert two.stats.failure is None
+
+    trio.run(main)

@@ -40,8 +40,11 @@ The TLS role follows the TCP role unless --tls-endpoint says otherwise, as in QE
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
     return value
 

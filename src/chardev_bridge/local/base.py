@@ -25,6 +25,7 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
     #: Bytes send_all has handed to the OS so far; lets the data path tell a slow reader
     #: from a stuck one.
     bytes_written: int = 0
+    _writing: bool = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -50,6 +51,18 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
         reader takes many seconds over; counting each write shows that progress. Errors are
         FdStream's: ClosedResourceError once closed, BrokenResourceError from the OSError.
         """
+        if self._writing:
+            # As FdStream would say: two writers at once would interleave their bytes.
+            raise trio.BusyResourceError("another task is writing to this local end")
+        self._writing = True
+        try:
+            await self._write_counted(stream, data)
+        finally:
+            self._writing = False
+
+    async def _write_counted(
+        self, stream: trio.lowlevel.FdStream, data: bytes | bytearray | memoryview
+    ) -> None:
         await trio.lowlevel.checkpoint()
         with memoryview(data) as view:
             sent = 0

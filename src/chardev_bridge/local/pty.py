@@ -19,6 +19,8 @@ log = logging.getLogger("chardev_bridge")
 
 # At exit, how long bytes still queued in the pty may take to be read before it is closed.
 DRAIN_SECONDS = 5.0
+# How long a byte written to the master may take to show in the slave's input queue.
+_FLIP_SECONDS = 0.05
 # ... giving up sooner when nothing was read for this long (nobody has the pty open).
 _DRAIN_STALL_SECONDS = 0.5
 
@@ -86,8 +88,7 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes an application wrote to the slave."""
-        assert self._stream is not None
-        data = await self._stream.receive_some(max_bytes)
+        data = await self._open_stream().receive_some(max_bytes)
         if not data or max_bytes is None:
             self._keep_raw()
             return data
@@ -110,13 +111,16 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Deliver bytes to the application; blocks while nobody reads and the pty is full."""
-        assert self._stream is not None
-        await self._send_counted(self._stream, data)  # re-asserts raw mode before each write
+        await self._send_counted(self._open_stream(), data)  # re-asserts raw mode before each write
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the pty can take more bytes."""
-        assert self._stream is not None
-        await self._stream.wait_send_all_might_not_block()
+        await self._open_stream().wait_send_all_might_not_block()
+
+    def _open_stream(self) -> trio.lowlevel.FdStream:
+        if self._stream is None:
+            raise trio.ClosedResourceError("the pty is closed")
+        return self._stream
 
     async def aclose(self) -> None:
         """Remove the link; let an application read what is still queued; close the pty.
@@ -128,13 +132,16 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         # Only our own link: another bridge may have taken the name over since.
         if self.link is not None and self.link.is_symlink() and os.readlink(self.link) == self.path:
             self.link.unlink()
-        await self._wait_until_read()
-        if self._stream is not None:
-            await self._stream.aclose()
-            self._stream = None
-        if self._slave >= 0:
-            os.close(self._slave)
-            self._slave = -1
+        try:
+            await self._wait_until_read()
+        finally:
+            # Even when the wait is cancelled: a closing end must not leak its fds.
+            if self._slave >= 0:
+                os.close(self._slave)
+                self._slave = -1
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
         await trio.lowlevel.checkpoint()
 
     async def _wait_until_read(self) -> None:
@@ -142,6 +149,11 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
             return
         deadline = trio.current_time() + DRAIN_SECONDS
         queued = _queued(self._slave)
+        if queued == 0 and self.bytes_written:
+            # A write reaches the slave's queue a moment later (the tty flip buffer is
+            # pushed by a kernel worker): right after one, FIONREAD still says 0.
+            await trio.sleep(_FLIP_SECONDS)
+            queued = _queued(self._slave)
         stalled_since = trio.current_time()
         while queued > 0 and trio.current_time() < deadline:
             await trio.sleep(0.02)

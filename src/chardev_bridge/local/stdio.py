@@ -53,7 +53,8 @@ class StdioEnd(LocalEnd, trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes from stdin; ``b""`` at its end."""
-        assert self._in is not None
+        if self._in is None:
+            raise trio.ClosedResourceError("stdio is closed")
         data = await self._in.receive_some(max_bytes)
         if not data:
             self.exhausted = True
@@ -83,7 +84,9 @@ class StdioEnd(LocalEnd, trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         """Close our descriptors (fds 0 and 1 themselves stay)."""
+        # Closed without a checkpoint in between, so that a cancellation cannot leave one open.
         for stream in (self._in, self._out):
             if stream is not None:
-                await stream.aclose()
+                stream.close()
         self._in = self._out = None
+        await trio.lowlevel.checkpoint()

@@ -18,7 +18,7 @@ from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.tlsconfig import build_tls_setup
-from chardev_bridge.tlserrors import describe_tls_error
+from chardev_bridge.tlserrors import PEER_RESET, describe_tls_error
 from chardev_bridge.tlspolicy import PeerRejected
 from chardev_bridge.tlsstream import TLSHandshakeError
 from chardev_bridge.trafficlog import TrafficLog
@@ -39,9 +39,6 @@ _PROBABLY_REJECTED = (
     " verification or tls-authz)"
 )
 
-# A TLS 1.3 client learns that the server rejected its certificate only after its own
-# handshake is done (QEMU just closes); local bytes wait this long so they are not lost.
-_REJECT_SETTLE_SECONDS = 0.25
 
 # A session that lasted this long resets the reconnect backoff.
 _STABLE_SESSION_SECONDS = 10.0
@@ -209,7 +206,7 @@ class Bridge:
             tap_to_remote=self.traffic.to_remote if self.traffic else None,
             tap_to_local=self.traffic.to_local if self.traffic else None,
             grace=self.cfg.shutdown_grace,
-            settle=_REJECT_SETTLE_SECONDS if rejectable else 0.0,
+            replay_window=_QUICK_REJECT_SECONDS if rejectable else 0.0,
         )
         active.session = session
         if self.stopping:
@@ -225,15 +222,21 @@ class Bridge:
                     await local_stream.aclose()
             lasted = trio.current_time() - began
             level, again = logging.INFO, ""
-            if (
-                tls is not None
-                and not tls.server_side
-                and remote.ragged_eof
+            # Closed (or reset: our bytes arrived after its close) with nothing said, soon
+            # after a TLS 1.3 handshake: the server checked our certificate and said no.
+            rejected = (
+                rejectable
                 and stats.to_local == 0
                 and lasted < _QUICK_REJECT_SECONDS
-            ):
+                and (remote.ragged_eof or stats.failure == PEER_RESET)
+            )
+            if rejected:
                 stats.failure, stats.failed_side = _PROBABLY_REJECTED, "remote"
                 level = logging.ERROR
+                if session.unconfirmed and self.local.persistent:
+                    # The server threw them away unread: the next session sends them again.
+                    again_bytes = bytes(session.unconfirmed) + bytes(self.carry.pending)
+                    self.carry.pending = memoryview(again_bytes)
             if repeats is not None and stats.failure is not None:
                 log_it, count = repeats.should_log(stats.failure)
                 if not log_it:

@@ -37,6 +37,9 @@ CHUNK = 256 * 1024
 # Bytes handed to the remote per send, and so the most a cut session can leave half-sent.
 CARRY_PIECE = 128 * 1024
 
+# The most :attr:`Session.unconfirmed` keeps; past it the remote counts as having accepted.
+UNCONFIRMED_MAX = 256 * 1024
+
 # A local end that takes no bytes for this long is reported: the remote is being stalled.
 UNREAD_WARNING_SECONDS = 10.0
 
@@ -111,7 +114,7 @@ class Session:
         tap_to_remote: Tap | None = None,
         tap_to_local: Tap | None = None,
         grace: float = 5.0,
-        settle: float = 0.0,
+        replay_window: float = 0.0,
     ) -> None:
         self.local = local
         self.remote = remote
@@ -126,9 +129,13 @@ class Session:
         self._up_scope = trio.CancelScope()
         self._delivering_since: float | None = None
         self.grace = grace
-        # Seconds the first send waits for the remote to reject us (see _settle).
-        self.settle = settle
-        self._remote_done = trio.Event()
+        # Bytes sent in the first ``replay_window`` seconds while the remote has sent
+        # nothing: a remote that then closes may have thrown them away unread (a TLS 1.3
+        # server rejecting our certificate after the handshake). The bridge decides.
+        self.unconfirmed = bytearray()
+        self._replay_until: float | None = None
+        if replay_window > 0:
+            self._replay_until = trio.current_time() + replay_window
         self._pumps: trio.Nursery | None = None
         # Seconds the session may still take, once it is ending (None: not ending).
         self._end_grace: float | None = None
@@ -156,7 +163,6 @@ class Session:
         if side == "remote":
             # Stop talking to the dead remote, but let bytes that already arrived from it
             # (still in the kernel or the TLS engine when a send failed) reach the local end.
-            self._remote_done.set()
             self._up_scope.cancel()
             self._end_within_grace()
         elif self._pumps is not None:
@@ -175,21 +181,24 @@ class Session:
             outer.cancel_scope.cancel()
         return self.stats
 
-    async def _settle(self) -> None:
-        """Give the remote ``settle`` seconds to reject us before anything is sent.
+    def _keep_unconfirmed(self, piece: memoryview) -> None:
+        if self._replay_until is None:
+            return
+        if (
+            trio.current_time() <= self._replay_until
+            and len(self.unconfirmed) + len(piece) <= UNCONFIRMED_MAX
+        ):
+            self.unconfirmed += piece
+        else:
+            self._confirmed()
 
-        A TLS 1.3 client finishes its handshake before the server has checked the client
-        certificate; QEMU then closes without a word. Bytes sent in that window would be
-        accepted by the kernel and lost with the connection, so they wait in the local end.
-        """
-        if self.settle > 0:
-            with trio.move_on_after(self.settle):
-                await self._remote_done.wait()
+    def _confirmed(self) -> None:
+        self._replay_until = None
+        self.unconfirmed = bytearray()
 
     async def _local_to_remote(self) -> None:
         stats, carry = self.stats, self.carry
         with self._up_scope:
-            await self._settle()
             while True:
                 if not carry.pending:
                     try:
@@ -213,6 +222,7 @@ class Session:
                     return self._fail("remote", exc)
                 stats.to_remote += len(piece)
                 stats.last_activity = trio.current_time()
+                self._keep_unconfirmed(piece)
                 carry.pending = carry.pending[len(piece) :]
             await _send_eof(self.remote)
 
@@ -227,6 +237,8 @@ class Session:
                 return
             if not data:
                 break
+            if self._replay_until is not None:
+                self._confirmed()  # the remote talks to us: it has accepted the session
             if self.tap_to_local is not None:
                 self.tap_to_local(data)
             self._delivering_since = trio.current_time()
@@ -239,7 +251,6 @@ class Session:
             stats.last_activity = trio.current_time()
         stats.remote_eof = True
         stats.last_activity = trio.current_time()
-        self._remote_done.set()
         if self.local_persistent:
             # The line stays; this remote session is over. Cancelling is safe: a chunk
             # the other pump holds stays in `carry` for the next session.

@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import ssl
 
+# How a connection reset reads in every log line (and how code recognises one).
+PEER_RESET = "the peer reset the connection"
+
 _REASONS = {
     "WRONG_VERSION_NUMBER": "not TLS: plain bytes or an unsupported protocol version",
     "HTTP_REQUEST": "not TLS: an HTTP request",
@@ -96,7 +99,7 @@ def describe_tls_error(exc: BaseException) -> str:
             return reason.lower().replace("_", " ")
         return str(cause)
     if isinstance(cause, ConnectionResetError):
-        return "the peer reset the connection"
+        return PEER_RESET
     if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED):
         return "the peer closed the connection"
     if isinstance(cause, ConnectionRefusedError):

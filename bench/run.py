@@ -16,6 +16,7 @@ on the way out, also on errors, Ctrl-C and SIGTERM.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import re
 import resource
@@ -294,6 +295,10 @@ def far_side_summary(far: Proc) -> dict[str, int]:
 
 def run_all(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, object]:
     """Set up certificates and the far side, measure everything, return the JSON record."""
+    # Bytecode, as pip writes it when it installs the package: the start-up figure is about
+    # an installed bridge, not about compiling its source (PYTHONDONTWRITEBYTECODE=1, which
+    # some shells set, would otherwise make every start compile every module again).
+    compileall.compile_dir(str(args.bridge_src), quiet=1)
     creds = make_creds(work / "creds")
     far, far_port = start_far_side(procs, creds)
     setup = Setup(creds, far_port, far.popen.pid, far.err_path, work, args.bridge_src)

@@ -10,7 +10,6 @@ from chardev_bridge.authz import AuthzList, load_authz_file
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.credcheck import check_creds, has_errors
 from chardev_bridge.priority import resolve_priority
-from chardev_bridge.psk import build_psk_setup, check_psk_available
 from chardev_bridge.remote import TLSSetup
 from chardev_bridge.tlspolicy import (
     CredentialError,
@@ -83,6 +82,9 @@ def _build_psk_setup(cfg: BridgeConfig) -> TLSSetup:
     assert cfg.tls_creds_psk is not None
     if cfg.tls_creds is not None:
         raise CredentialError("give --tls-creds or --tls-creds-psk, not both")
+    # Imported here: only PSK users pay for it (importlib.metadata, sslpsk3) at start-up.
+    from chardev_bridge.psk import build_psk_setup, check_psk_available
+
     route = check_psk_available()
     chosen = resolve_priority(cfg.tls_priority)
     log.info("TLS-PSK via %s; TLS priority %s, from %s", route, chosen.priority.text, chosen.source)

@@ -20,7 +20,7 @@ from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import PEER_RESET, describe_tls_error
 from chardev_bridge.tlspolicy import PeerRejected
-from chardev_bridge.tlsstream import TLSHandshakeError
+from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
 from chardev_bridge.trafficlog import TrafficLog
 
 log = logging.getLogger("chardev_bridge")
@@ -228,6 +228,9 @@ class Bridge:
                 rejectable
                 and stats.to_local == 0
                 and lasted < _QUICK_REJECT_SECONDS
+                and stats.failed_side in (None, "remote")
+                and not stats.local_eof  # else our close_notify was the end (QEMU: no reply)
+                and stats.ended_by is None
                 and (remote.ragged_eof or stats.failure == PEER_RESET)
             )
             if rejected:
@@ -237,6 +240,8 @@ class Bridge:
                     # The server threw them away unread: the next session sends them again.
                     again_bytes = bytes(session.unconfirmed) + bytes(self.carry.pending)
                     self.carry.pending = memoryview(again_bytes)
+            if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
+                repeats.reset()  # a session that worked: its failure is news again
             if repeats is not None and stats.failure is not None:
                 log_it, count = repeats.should_log(stats.failure)
                 if not log_it:
@@ -391,7 +396,7 @@ class Bridge:
             with active.cancel:
                 log.info("session from %s: %s", peer, remote.describe())
                 try:
-                    local_stream = await self._open_local_for(tcp, peer)
+                    local_stream = await self._open_local_for(remote, tcp)
                 except OSError as exc:
                     log.error(
                         "closing %s: cannot open local end %s: %s",
@@ -424,26 +429,36 @@ class Bridge:
             return f"{self.max_sessions} sessions are active (--max-sessions)"
         return None
 
-    async def _open_local_for(self, tcp: trio.SocketStream, peer: str) -> trio.abc.Stream | None:
+    async def _open_local_for(
+        self, remote: RemoteSession, tcp: trio.SocketStream
+    ) -> trio.abc.Stream | None:
         """The local stream for a remote that has connected, or None if the remote left
         first: a listening local end may wait long for its client, and a remote that is
         gone must not hold the line meanwhile."""
         local_stream = None
+        failure: OSError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_remote() -> None:
-                while _tcp_peer_present(tcp.socket, tls=self.tls is not None):
+                while not _peer_gone(tcp.socket):
                     await trio.sleep(_REMOTE_WATCH_SECONDS)
+                if not await _left_nothing(remote.stream, tcp.socket):
+                    return
                 log.warning(
                     "closing %s: it left before local end %s was ready",
-                    peer,
+                    remote.peer,
                     self.local.describe(),
                 )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_remote)
-            local_stream = await self._open_local_with_retry()
+            try:
+                local_stream = await self._open_local_with_retry()
+            except OSError as exc:
+                failure = exc  # raised below, not wrapped in the nursery's ExceptionGroup
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return local_stream
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
@@ -566,18 +581,34 @@ class Bridge:
         return stats.failure
 
 
-def _tcp_peer_present(sock: trio.socket.SocketType, *, tls: bool) -> bool:
-    """Whether the peer of a connection we have not read from yet is still there.
-
-    A reset shows as TCP_CLOSE. A FIN (TCP_CLOSE_WAIT) means gone for a TLS peer, whose
-    clean end would be close_notify; a plain TCP peer may have half-closed and still wait
-    for an answer.
-    """
+def _peer_gone(sock: trio.socket.SocketType) -> bool:
+    """Whether the peer of a connection has sent its FIN or reset it (TCP_INFO state)."""
     try:
         state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
     except OSError:
-        return False
-    return state != _TCP_CLOSE and not (tls and state == _TCP_CLOSE_WAIT)
+        return True
+    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+
+
+async def _left_nothing(stream: trio.abc.Stream, sock: trio.socket.SocketType) -> bool:
+    """Whether a peer that is gone left no bytes for the local end: those (a one-shot
+    command) keep its session, so that they are delivered once the local end is there."""
+    if isinstance(stream, TLSStream):
+        try:
+            with trio.move_on_after(_REMOTE_WATCH_SECONDS):
+                data = await stream.receive_some()
+                if data:
+                    stream.unreceive(data)
+                return not data
+        except STREAM_ERRORS:
+            return True
+        return False  # still decrypting after a second: assume something is there
+    try:
+        with trio.move_on_after(_REMOTE_WATCH_SECONDS):
+            return await sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+    return False
 
 
 def _log_disconnect(

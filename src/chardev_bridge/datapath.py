@@ -134,6 +134,7 @@ class Session:
         # server rejecting our certificate after the handshake). The bridge decides.
         self.unconfirmed = bytearray()
         self._replay_until: float | None = None
+        self._remote_spoke = trio.Event()
         if replay_window > 0:
             self._replay_until = trio.current_time() + replay_window
         self._pumps: trio.Nursery | None = None
@@ -181,13 +182,20 @@ class Session:
             outer.cancel_scope.cancel()
         return self.stats
 
+    async def _room_to_replay(self, size: int) -> None:
+        """Past :data:`UNCONFIRMED_MAX` unconfirmed bytes, wait until the remote speaks or
+        the replay window closes: keeping more would cost memory, forgetting would lose."""
+        if self._replay_until is None or len(self.unconfirmed) + size <= UNCONFIRMED_MAX:
+            return
+        with trio.move_on_at(self._replay_until):
+            await self._remote_spoke.wait()
+        # A remote that ended meanwhile cancelled this pump (its bytes stay unconfirmed).
+        self._confirmed()
+
     def _keep_unconfirmed(self, piece: memoryview) -> None:
         if self._replay_until is None:
             return
-        if (
-            trio.current_time() <= self._replay_until
-            and len(self.unconfirmed) + len(piece) <= UNCONFIRMED_MAX
-        ):
+        if trio.current_time() <= self._replay_until:
             self.unconfirmed += piece
         else:
             self._confirmed()
@@ -195,6 +203,7 @@ class Session:
     def _confirmed(self) -> None:
         self._replay_until = None
         self.unconfirmed = bytearray()
+        self._remote_spoke.set()
 
     async def _local_to_remote(self) -> None:
         stats, carry = self.stats, self.carry
@@ -216,6 +225,7 @@ class Session:
                 # In pieces, so that a session cut mid-chunk leaves only the unsent rest
                 # in the carry: the next session must not get the sent part twice.
                 piece = carry.pending[:CARRY_PIECE]
+                await self._room_to_replay(len(piece))
                 try:
                     await self.remote.send_all(piece)
                 except STREAM_ERRORS as exc:

@@ -107,6 +107,11 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     # -- receiving -------------------------------------------------------------------------
 
+    def unreceive(self, data: bytes) -> None:
+        """Give back bytes :meth:`receive_some` returned: the next receive returns them first
+        (the bridge looks at what a peer that left before its session began had sent)."""
+        self._pending_plaintext = data + self._pending_plaintext
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return plaintext from every record already received, waiting for one if needed."""
         if self._receiving:

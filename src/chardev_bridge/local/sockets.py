@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+from pathlib import Path
 
 import trio
 
@@ -78,11 +79,19 @@ class _ListenEnd(LocalEnd):
 
 async def _accept_any(listeners: list[trio.SocketListener]) -> trio.SocketStream:
     """Accept on whichever listener gets a client first (IPv4 and IPv6 of one name)."""
+    if len(listeners) == 1:
+        return await listeners[0].accept()  # OSError as itself, not in an ExceptionGroup
     send, receive = trio.open_memory_channel[trio.SocketStream](0)
+    failures: list[OSError] = []
     async with trio.open_nursery() as nursery:
 
         async def accept(listener: trio.SocketListener) -> None:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                failures.append(exc)  # raised below as itself: callers handle OSError
+                nursery.cancel_scope.cancel()
+                return
             try:
                 await send.send(stream)
             except BaseException:
@@ -94,6 +103,8 @@ async def _accept_any(listeners: list[trio.SocketListener]) -> trio.SocketStream
             nursery.start_soon(accept, listener)
         stream = await receive.receive()
         nursery.cancel_scope.cancel()
+    if failures:
+        raise failures[0]
     return stream
 
 
@@ -164,9 +175,13 @@ class UnixListenEnd(_ListenEnd):
 def _is_stale(path: str) -> bool:
     """Whether nobody listens on the unix socket file ``path`` (it may be removed).
 
-    Only a refused connection proves that; a listener sees one connection that closes at
-    once. Raises :class:`OSError` when the socket is alive or its state cannot be told.
+    A listener bound to that path in /proc/net/unix settles it without disturbing anybody.
+    Otherwise only a refused connection proves it (a listener would see one connection
+    that closes at once). Raises :class:`OSError` when the socket is alive or its state
+    cannot be told.
     """
+    if _listening_in_proc(path):
+        raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Non-blocking: a unix connect completes or fails at once (EAGAIN: a full backlog).
     probe.setblocking(False)
@@ -185,3 +200,21 @@ def _is_stale(path: str) -> bool:
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")
+
+
+# /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"; __SO_ACCEPTCON in Flags
+# marks a listening socket.
+_SO_ACCEPTCON = 0x10000
+
+
+def _listening_in_proc(path: str) -> bool:
+    """Whether /proc/net/unix shows a listening socket bound to ``path`` (False if unknown)."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _SO_ACCEPTCON:
+            return True
+    return False

@@ -32,6 +32,20 @@ def _disconnect_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecor
     return [r for r in caplog.records if r.getMessage().startswith("disconnected from")]
 
 
+async def _one_session_tcp_to_tls(
+    pki: PKI, server: TlsServer, local: trio.SocketListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bridge from the TCP service ``local`` to ``server``, until its first disconnect."""
+    cfg = BridgeConfig(
+        host=HOST, port=server.port, tls_creds=pki.client_dir,
+        local=LocalSpec("tcp", host=HOST, port=local.socket.getsockname()[1]),
+    )  # fmt: skip
+    with trio.fail_after(10):
+        async with running_bridge(cfg):
+            while not _disconnect_lines(caplog):
+                await trio.sleep(0.05)
+
+
 async def test_more_than_the_replay_cap_sent_to_a_rejecting_server_reaches_the_next_one(
     pki: PKI, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,14 +99,7 @@ async def test_local_end_that_finished_then_a_silent_close_is_no_rejection(
 
         nursery.start_soon(local_tool)
         nursery.start_soon(qemu_like_server)
-        cfg = BridgeConfig(
-            host=HOST, port=server.port, tls_creds=pki.client_dir,
-            local=LocalSpec("tcp", host=HOST, port=local.socket.getsockname()[1]),
-        )  # fmt: skip
-        with trio.fail_after(10):
-            async with running_bridge(cfg):
-                while not _disconnect_lines(caplog):
-                    await trio.sleep(0.05)
+        await _one_session_tcp_to_tls(pki, server, local, caplog)
         nursery.cancel_scope.cancel()
     assert bytes(got) == b"info status\n"
     line = _disconnect_lines(caplog)[0].getMessage()
@@ -119,14 +126,7 @@ async def test_a_local_reset_is_reported_as_the_local_failure(
 
         nursery.start_soon(crashing_local_tool)
         nursery.start_soon(silent_server)
-        cfg = BridgeConfig(
-            host=HOST, port=server.port, tls_creds=pki.client_dir,
-            local=LocalSpec("tcp", host=HOST, port=local.socket.getsockname()[1]),
-        )  # fmt: skip
-        with trio.fail_after(10):
-            async with running_bridge(cfg):
-                while not _disconnect_lines(caplog):
-                    await trio.sleep(0.05)
+        await _one_session_tcp_to_tls(pki, server, local, caplog)
         nursery.cancel_scope.cancel()
     line = _disconnect_lines(caplog)[0].getMessage()
     assert "local failed: the peer reset the connection" in line and "rejected" not in line

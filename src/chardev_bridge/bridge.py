@@ -238,8 +238,8 @@ class Bridge:
                 level = logging.ERROR
                 if session.unconfirmed and self.local.persistent:
                     # The server threw them away unread: the next session sends them again.
-                    again_bytes = bytes(session.unconfirmed) + bytes(self.carry.pending)
-                    self.carry.pending = memoryview(again_bytes)
+                    replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
+                    self.carry.pending = memoryview(replay)
             if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
                 repeats.reset()  # a session that worked: its failure is news again
             if repeats is not None and stats.failure is not None:

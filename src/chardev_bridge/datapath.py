@@ -6,7 +6,9 @@ Read this top to bottom; it is the whole of how bytes move.
   the previous chunk was fully written. A slow side stalls the other, nothing piles up.
 * **Exactly once.** A chunk read from the local end is kept in :class:`Carry` until the remote
   has taken it. If the session dies first, a persistent local end (pty, tty) hands it to the
-  next session instead of losing it.
+  next session instead of losing it. Bytes a remote may have thrown away unread (sent in a
+  ``replay_window`` while it said nothing) are kept in :attr:`Session.unconfirmed`, so that the
+  bridge can give them to the next session when it judges the remote rejected us.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
   delivered; then a socket local end gets ``send_eof`` and may still answer (the session ends
@@ -37,7 +39,8 @@ CHUNK = 256 * 1024
 # Bytes handed to the remote per send, and so the most a cut session can leave half-sent.
 CARRY_PIECE = 128 * 1024
 
-# The most :attr:`Session.unconfirmed` keeps; past it the remote counts as having accepted.
+# The most :attr:`Session.unconfirmed` keeps; past it, sending waits for the remote to speak
+# or for the replay window to close.
 UNCONFIRMED_MAX = 256 * 1024
 
 # A local end that takes no bytes for this long is reported: the remote is being stalled.

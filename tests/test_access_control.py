@@ -761,6 +761,25 @@ def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, build: ob
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
 
 
+async def _aes128_only_client_then_a_good_one(
+    cfg: BridgeConfig, creds: Creds, caplog: pytest.LogCaptureFixture, refusal: str
+) -> tuple[int, str, bytes]:
+    """A gnutls-cli offering only TLS 1.3 AES-128 is refused (the log line starting with
+    ``refusal`` and the peer), then one with default settings gets through: (the first's
+    exit status, the refusal line, the second's output)."""
+    only_aes128 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM"
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as bridge:
+            assert bridge.pty_path
+            async with open_pty_client(bridge.pty_path) as app:
+                code, _ = await denied_gnutls_client(
+                    bridge.ports[0], creds.client, app, "--priority", only_aes128
+                )
+                line = await wait_for_log(caplog, rf"{refusal} {PEER}")
+                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    return code, line, output
+
+
 @pytest.mark.interop
 async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -771,17 +790,7 @@ async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
     caplog.set_level(logging.INFO, logger="chardev_bridge")
     creds = make_creds(tmp_path)
     cfg = server_cfg(creds.server, tls_priority="NORMAL:-AES-128-GCM")
-    only_aes128 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM"
-    with trio.fail_after(20):
-        async with running_bridge(cfg) as bridge:
-            assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
-                await denied_gnutls_client(
-                    bridge.ports[0], creds.client, app, "--priority", only_aes128
-                )
-                line = await wait_for_log(caplog, rf"denied {PEER}: ")
-                # The same bridge still takes a client within the policy.
-                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    _, line, output = await _aes128_only_client_then_a_good_one(cfg, creds, caplog, "denied")
     assert line.endswith(
         "the peer negotiated TLS_AES_128_GCM_SHA256 over TLS 1.3, which the priority string"
         " 'NORMAL:-AES-128-GCM' does not allow"
@@ -812,16 +821,9 @@ async def test_secure256_refuses_a_tls13_aes128_only_gnutls_cli_in_the_handshake
     caplog.set_level(logging.INFO, logger="chardev_bridge")
     creds = make_creds(tmp_path, key_type="ecdsa-p384")  # SECURE256 wants 192-bit keys
     cfg = server_cfg(creds.server, tls_priority="SECURE256")
-    only_aes128 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM"
-    with trio.fail_after(20):
-        async with running_bridge(cfg) as bridge:
-            assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
-                code, _ = await denied_gnutls_client(
-                    bridge.ports[0], creds.client, app, "--priority", only_aes128
-                )
-                line = await wait_for_log(caplog, rf"TLS handshake with {PEER} failed: ")
-                output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
+    code, line, output = await _aes128_only_client_then_a_good_one(
+        cfg, creds, caplog, "TLS handshake with"
+    )
     assert code != 0
     assert line.endswith("failed: no cipher in common with the peer"), line
     assert b"(TLS1.3-X.509)" in output and b"AES-256-GCM" in output, output

@@ -29,6 +29,7 @@ PACKAGES = {
     "openssl": "openssl",
     "socat": "socat",
     "stunnel4": "stunnel4",
+    "ss": "iproute2",
 }
 
 

@@ -12,7 +12,6 @@ import hashlib
 import importlib.metadata
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -30,6 +29,7 @@ from chardev_bridge.config import BridgeConfig
 from chardev_bridge.remote import start_session
 from tests.bridges import read_exactly
 from tests.conftest import PKI, make_pki, write_creds_dir
+from tests.peers import require_tool
 from tests.sessionkit import (
     ENV,
     HOST,
@@ -440,9 +440,7 @@ async def test_65th_concurrent_handshake_is_refused_and_a_good_client_gets_throu
 async def test_session_socket_of_a_real_bridge_runs_a_keepalive_timer_of_about_60s(
     pki: PKI,
 ) -> None:
-    ss = shutil.which("ss")
-    if ss is None:
-        pytest.skip("ss not found (Debian package iproute2)")
+    ss = require_tool("ss")
     args = ["--server", "--host", HOST, "--port", "0", "--tls-creds", str(pki.server_dir)]
     with trio.fail_after(30):
         async with cli_bridge(args) as bridge:

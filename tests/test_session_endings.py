@@ -9,18 +9,22 @@ import logging
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import Session
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
 from tests.bridges import running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (
@@ -154,13 +158,30 @@ async def _rejecting_tls_server(
     accept_after: trio.Event,
     received: bytearray,
     attempts: list[int],
+    alert_with_ca: trustme.CA | None = None,
 ) -> None:
-    """QEMU's way of rejecting a TLS 1.3 client after the handshake: close TCP, no alert;
-    once ``accept_after`` is set, keep the connection and collect what arrives."""
+    """Rejects TLS 1.3 clients after their handshake, QEMU's way (a bare TCP close), or with
+    ``alert_with_ca`` OpenSSL's way (an unknown-CA alert: it trusts only that CA); once
+    ``accept_after`` is set, keeps the connection and collects what arrives."""
     ctx = server_context(pki.server_dir)
+    distrusting = server_context(pki.server_dir)
+    if alert_with_ca is not None:
+        distrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        distrusting.load_cert_chain(
+            pki.server_dir / "server-cert.pem", pki.server_dir / "server-key.pem"
+        )
+        alert_with_ca.configure_trust(distrusting)
+        distrusting.verify_mode = ssl.CERT_REQUIRED
     while True:
         tcp = await listener.accept()
         attempts.append(1)
+        if alert_with_ca is not None and not accept_after.is_set():
+            try:
+                await TLSStream(tcp, distrusting, server_side=True).do_handshake()
+            except TLSHandshakeError:
+                pass  # the alert is sent
+            await tcp.aclose()
+            continue
         tls = trio.SSLStream(tcp, ctx, server_side=True)
         try:
             await tls.do_handshake()
@@ -176,12 +197,17 @@ async def _rejecting_tls_server(
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize("way", ["bare close", "alert"])
 async def test_bytes_typed_while_a_server_rejects_us_after_the_handshake_are_not_lost(
-    pki: PKI, caplog: pytest.LogCaptureFixture
+    pki: PKI,
+    make_other_pki: Callable[[str], PKI],
+    caplog: pytest.LogCaptureFixture,
+    way: str,
 ) -> None:
     caplog.set_level(logging.INFO, "chardev_bridge")
     listener = (await trio.open_tcp_listeners(0, host=HOST))[0]
     accept_after, received, attempts = trio.Event(), bytearray(), list[int]()
+    other_ca = make_other_pki("other").ca if way == "alert" else None
     typed = b"typed while we were being rejected\n"
     cfg = BridgeConfig(
         host=HOST,
@@ -194,7 +220,7 @@ async def test_bytes_typed_while_a_server_rejects_us_after_the_handshake_are_not
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                _rejecting_tls_server, listener, pki, accept_after, received, attempts
+                _rejecting_tls_server, listener, pki, accept_after, received, attempts, other_ca
             )
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
@@ -209,20 +235,24 @@ async def test_bytes_typed_while_a_server_rejects_us_after_the_handshake_are_not
                 await app.aclose()
             nursery.cancel_scope.cancel()
     assert bytes(received) == typed
+    why = "probably rejected our client certificate" if other_ca is None else "unknown CA"
     assert log_lines(
-        caplog,
-        r"^disconnected from .*: \d+ bytes sent, 0 bytes received; remote failed: .*"
-        r"probably rejected our client certificate",
+        caplog, rf"^disconnected from .*: \d+ bytes sent, 0 bytes received; remote failed: .*{why}"
     )
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize("way", ["bare close", "alert"])
 async def test_a_server_that_keeps_rejecting_us_does_not_flood_the_log(
-    pki: PKI, caplog: pytest.LogCaptureFixture
+    pki: PKI,
+    make_other_pki: Callable[[str], PKI],
+    caplog: pytest.LogCaptureFixture,
+    way: str,
 ) -> None:
     caplog.set_level(logging.INFO, "chardev_bridge")
     listener = (await trio.open_tcp_listeners(0, host=HOST))[0]
     attempts: list[int] = []
+    other_ca = make_other_pki("other").ca if way == "alert" else None
     cfg = BridgeConfig(
         host=HOST,
         port=listener.socket.getsockname()[1],
@@ -233,7 +263,7 @@ async def test_a_server_that_keeps_rejecting_us_does_not_flood_the_log(
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            _rejecting_tls_server, listener, pki, trio.Event(), bytearray(), attempts
+            _rejecting_tls_server, listener, pki, trio.Event(), bytearray(), attempts, other_ca
         )
         async with running_bridge(cfg):
             with trio.fail_after(30):
@@ -241,7 +271,8 @@ async def test_a_server_that_keeps_rejecting_us_does_not_flood_the_log(
                     await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     n = len(attempts)
-    rejected = log_lines(caplog, "probably rejected our client certificate")
+    why = "probably rejected our client certificate" if other_ca is None else "unknown CA"
+    rejected = log_lines(caplog, rf"^disconnected from .*{why}")
     # The 1st, 2nd, 4th, 8th, 16th... repeat: at most log2(n) + 1 lines, each counting.
     assert 1 <= len(rejected) <= n.bit_length()
     assert any(line.endswith("(16 times in a row)") for line in rejected)

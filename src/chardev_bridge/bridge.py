@@ -30,8 +30,9 @@ log = logging.getLogger("chardev_bridge")
 # as a stalled one times out).
 MAX_PENDING_HANDSHAKES = 64
 
-# A TLS server that closes within this time of the handshake, having sent nothing and no
-# close_notify, most likely rejected our certificate after the handshake (as QEMU does).
+# A TLS server that ends the connection within this time of the handshake, having sent nothing
+# but perhaps an alert, rejected our certificate after the handshake (TLS 1.3 lets a client
+# finish its handshake before the server has checked the certificate).
 _QUICK_REJECT_SECONDS = 2.0
 _PROBABLY_REJECTED = (
     "the server closed the connection right after the handshake without a TLS alert: it"
@@ -140,6 +141,8 @@ class Bridge:
         self._no_session = trio.Event()
         self._no_session.set()
         self._dropped_while_idle = 0
+        # Why the server rejected the last session right after its handshake, if it did.
+        self._last_rejection: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -222,8 +225,10 @@ class Bridge:
                     await local_stream.aclose()
             lasted = trio.current_time() - began
             level, again = logging.INFO, ""
-            # Closed (or reset: our bytes arrived after its close) with nothing said, soon
-            # after a TLS 1.3 handshake: the server checked our certificate and said no.
+            # Soon after a TLS 1.3 handshake, having said nothing, the server ended the
+            # connection: it checked our certificate and said no, with an alert (OpenSSL, a
+            # listening bridge) or with a bare close or reset (QEMU; a reset when our bytes
+            # arrived after its close). Either way it read nothing we sent.
             rejected = (
                 rejectable
                 and stats.to_local == 0
@@ -231,10 +236,12 @@ class Bridge:
                 and stats.failed_side in (None, "remote")
                 and not stats.local_eof  # else our close_notify was the end (QEMU: no reply)
                 and stats.ended_by is None
-                and (remote.ragged_eof or stats.failure == PEER_RESET)
+                and (remote.ragged_eof or stats.failed_side == "remote")
             )
             if rejected:
-                stats.failure, stats.failed_side = _PROBABLY_REJECTED, "remote"
+                if stats.failed_side is None or stats.failure == PEER_RESET:
+                    stats.failure = _PROBABLY_REJECTED  # else the alert says why
+                stats.failed_side = "remote"
                 level = logging.ERROR
                 if session.unconfirmed and self.local.persistent:
                     # The server threw them away unread: the next session sends them again.
@@ -248,6 +255,7 @@ class Bridge:
                     level = logging.DEBUG
                 elif count > 1:
                     again = f" ({count} times in a row)"
+            self._last_rejection = stats.failure if rejected else None
             _log_disconnect(remote, stats, lasted, level, again)
             active.done.set()
         return stats
@@ -568,7 +576,8 @@ class Bridge:
                 log.error("cannot connect to %s: %s%s", target, failure, again)
             return failure
         # While a server keeps rejecting us after the handshake, "connected" is quiet too.
-        level = logging.DEBUG if repeats.quiet(_PROBABLY_REJECTED) else logging.INFO
+        rejection = self._last_rejection
+        level = logging.DEBUG if rejection and repeats.quiet(rejection) else logging.INFO
         log.log(level, "connected to %s: %s", remote.peer, remote.describe())
         active = await self._claim(remote)
         try:

@@ -329,6 +329,57 @@ async def test_when_unread_buffer_keeps_the_remote_flowing_and_keeps_the_newest_
     assert len(received) <= scrollback + datapath.CHUNK + 256 * 1024
 
 
+async def test_a_bridge_that_ends_delivers_its_scrollback_to_a_late_reader_first(
+    pki: PKI, info_logs: pytest.LogCaptureFixture
+) -> None:
+    # No --reconnect: the bridge ends with its session, while the scrollback still holds
+    # almost everything the remote sent, and nobody has the pty open yet.
+    payload = os.urandom(512 * 1024)
+    server = TlsServer(server_context(pki.server_dir))
+    codes: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        cfg = connecting(pki, server.port, when_unread="buffer", scrollback=MiB)
+
+        async def bridge(task_status: trio.TaskStatus[bridge_module.BridgeReady]) -> None:
+            codes.append(await bridge_module.run_bridge(cfg, task_status=task_status))
+
+        with trio.fail_after(30):
+            ready: bridge_module.BridgeReady = await nursery.start(bridge)
+            assert ready.pty_path is not None
+            conn = await server.accept()
+            await conn.send_all(payload)
+            await conn.aclose()
+            await wait_log(info_logs, r"^disconnected from ")
+            async with open_pty_app(ready.pty_path) as app:
+                got = await read_exactly(app, len(payload))
+            while not codes:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert sha(got) == sha(payload)
+    assert codes == [0]
+    assert not log_lines(info_logs, "scrollback; they are lost")
+
+
+async def test_a_bridge_that_ends_unread_says_how_much_scrollback_it_lost(
+    pki: PKI, info_logs: pytest.LogCaptureFixture
+) -> None:
+    server = TlsServer(server_context(pki.server_dir))
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        cfg = connecting(pki, server.port, when_unread="buffer", scrollback=MiB, shutdown_grace=0.3)
+        with trio.fail_after(30):
+            await nursery.start(bridge_module.run_bridge, cfg)
+            conn = await server.accept()
+            await conn.send_all(os.urandom(512 * 1024))
+            await conn.aclose()
+            [line] = await wait_log(info_logs, r"did not read the last \d+ bytes")
+        nursery.cancel_scope.cancel()
+    lost = int(line.split("the last ")[1].split()[0])
+    # All but what the pty's own buffer took (the kernel's, some KiB).
+    assert 400 * 1024 < lost < 512 * 1024, line
+
+
 async def test_when_unread_block_backpressures_the_remote_warns_and_loses_nothing(
     pki: PKI, info_logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

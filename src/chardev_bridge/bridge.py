@@ -143,6 +143,7 @@ class Bridge:
         self._dropped_while_idle = 0
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
+        self._scrollback_loss_logged = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Bridge:
                 else:
                     task_status.started(ready)
                     code = await self._connect()
+                await self._deliver_scrollback()
                 nursery.cancel_scope.cancel()
         return code
 
@@ -171,15 +173,35 @@ class Bridge:
         """Wait for ``event``, then end gracefully within ``shutdown_grace`` seconds."""
         await event.wait()
         self.stopping = True
-        with trio.move_on_after(self.cfg.shutdown_grace):
+        deadline = trio.current_time() + self.cfg.shutdown_grace
+        with trio.move_on_at(deadline):
             for active in list(self.sessions):
                 if active.session is not None:
                     active.session.drain("bridge shutting down")
             for active in list(self.sessions):
                 await active.done.wait()
-            if isinstance(self._local_stream, ScrollbackEnd):
-                await self._local_stream.flush()
+        await self._deliver_scrollback(deadline)
         self._main.cancel()
+
+    async def _deliver_scrollback(self, deadline: float | None = None) -> None:
+        """Before the bridge ends: give the local end until ``deadline`` (default: in
+        ``shutdown_grace`` seconds) to read what waits in a ``--when-unread buffer``
+        scrollback, and say what it left unread."""
+        scrollback = self._local_stream
+        if not isinstance(scrollback, ScrollbackEnd):
+            return
+        if deadline is None:
+            deadline = trio.current_time() + self.cfg.shutdown_grace
+        with trio.move_on_at(deadline):
+            await scrollback.flush()
+        if scrollback.undelivered and not self._scrollback_loss_logged:
+            # A shutdown and the end of the last session can both get here.
+            self._scrollback_loss_logged = True
+            log.warning(
+                "local end %s did not read the last %d bytes of the scrollback; they are lost",
+                self.local.describe(),
+                scrollback.undelivered,
+            )
 
     # -- one session ---------------------------------------------------------------------
 
@@ -423,6 +445,7 @@ class Bridge:
             self._release(active)
         if self.local.exhausted:
             log.info("local end %s has ended; stopping", self.local.describe())
+            await self._deliver_scrollback()
             self._main.cancel()
 
     def _busy_reason(self) -> str | None:

@@ -6,7 +6,9 @@ Read this top to bottom; it is the whole of how bytes move.
   the previous chunk was fully written. A slow side stalls the other, nothing piles up.
 * **Exactly once.** A chunk read from the local end is kept in :class:`Carry` until the remote
   has taken it. If the session dies first, a persistent local end (pty, tty) hands it to the
-  next session instead of losing it. Bytes a remote may have thrown away unread (sent in a
+  next session instead of losing it (the piece being sent when it died, at most
+  ``CARRY_PIECE``, may then arrive twice: TCP cannot say how much of it the dead peer got).
+  Bytes a remote may have thrown away unread (sent in a
   ``replay_window`` while it said nothing) are kept in :attr:`Session.unconfirmed`, so that the
   bridge can give them to the next session when it judges the remote rejected us.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
@@ -225,8 +227,8 @@ class Session:
                     if self.tap_to_remote is not None:
                         self.tap_to_remote(data)
                     carry.pending = memoryview(data)
-                # In pieces, so that a session cut mid-chunk leaves only the unsent rest
-                # in the carry: the next session must not get the sent part twice.
+                # In pieces, so that a session cut mid-chunk leaves at most one piece
+                # that the next session may get again (part of it may have been sent).
                 piece = carry.pending[:CARRY_PIECE]
                 await self._room_to_replay(len(piece))
                 try:

@@ -59,6 +59,11 @@ class ScrollbackEnd(trio.abc.Stream):
                 )
                 self._reported_dropped = self.dropped
 
+    @property
+    def undelivered(self) -> int:
+        """Bytes in the scrollback not yet handed to the local end."""
+        return len(self._buffer)
+
     async def flush(self) -> None:
         """Wait until everything in the scrollback was handed to the local end."""
         while self._buffer or self._writing:

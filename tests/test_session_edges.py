@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import struct
 from pathlib import Path
@@ -19,7 +20,15 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.sockets import UnixListenEnd
 from tests.bridges import open_pty_client, read_exactly, running_bridge
 from tests.conftest import PKI
-from tests.sessionkit import HOST, TlsServer, client_context, server_context, tls_connect
+from tests.sessionkit import (
+    HOST,
+    TlsServer,
+    client_context,
+    server_context,
+    tcp_connect,
+    tls_connect,
+    wait_log,
+)
 
 
 def _abort(sock: trio.socket.SocketType) -> None:
@@ -211,6 +220,42 @@ async def test_a_one_shot_tls_client_that_left_still_gets_its_bytes_to_the_local
             await local.aclose()
     assert got == command
     assert "it left before" not in caplog.text
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+async def test_a_one_shot_client_whose_local_end_never_comes_frees_the_line_in_time(
+    tmp_path: Path,
+    pki: PKI,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tls: bool,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    monkeypatch.setattr(bridge_module, "_LOCAL_WAIT_SECONDS", 1.0)
+    cfg = BridgeConfig(
+        listen=True, host=HOST, port=0, local=LocalSpec("unix-listen", path=str(tmp_path / "l")),
+        tls_creds=pki.server_dir if tls else None,
+    )  # fmt: skip
+    command = b"one-shot command\n"
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as ready:
+            port = ready.ports[0]
+
+            async def connect() -> tuple[trio.abc.Stream, str]:
+                if tls:
+                    return await tls_connect(port, client_context(pki.client_dir))
+                return await tcp_connect(port)
+
+            first, me = await connect()
+            await first.send_all(command)
+            await trio.aclose_forcefully(first)
+            # Nobody ever connects to the unix socket; the line is free again after the wait.
+            [line] = await wait_log(caplog, f"^closing {re.escape(me)}: it left")
+            second, _ = await connect()
+            await wait_log(caplog, r"^session from ", count=2)
+            await trio.aclose_forcefully(second)
+    assert line.endswith("had no client for 1s; the 17 bytes it sent are dropped"), line
+    assert "refused" not in caplog.text
 
 
 async def test_unix_listen_start_up_check_does_not_connect_to_a_live_listener(

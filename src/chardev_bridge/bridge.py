@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
+import sys
+import termios
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -473,13 +476,25 @@ class Bridge:
             async def watch_remote() -> None:
                 while not _peer_gone(tcp.socket):
                     await trio.sleep(_REMOTE_WATCH_SECONDS)
-                if not await _left_nothing(remote.stream, tcp.socket):
-                    return
-                log.warning(
-                    "closing %s: it left before local end %s was ready",
-                    remote.peer,
-                    self.local.describe(),
-                )
+                left = await _bytes_left(remote.stream, tcp.socket)
+                if left == 0:
+                    log.warning(
+                        "closing %s: it left before local end %s was ready",
+                        remote.peer,
+                        self.local.describe(),
+                    )
+                else:
+                    # It left bytes (a one-shot command): they wait for the local client,
+                    # for as long as a waiting remote would, then free the line.
+                    await trio.sleep(_LOCAL_WAIT_SECONDS)
+                    log.warning(
+                        "closing %s: it left, and local end %s had no client for %gs;"
+                        " the %s it sent are dropped",
+                        remote.peer,
+                        self.local.describe(),
+                        _LOCAL_WAIT_SECONDS,
+                        "bytes" if left is None else f"{left} bytes",
+                    )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_remote)
@@ -622,25 +637,37 @@ def _peer_gone(sock: trio.socket.SocketType) -> bool:
     return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
 
-async def _left_nothing(stream: trio.abc.Stream, sock: trio.socket.SocketType) -> bool:
-    """Whether a peer that is gone left no bytes for the local end: those (a one-shot
-    command) keep its session, so that they are delivered once the local end is there."""
+async def _bytes_left(stream: trio.abc.Stream, sock: trio.socket.SocketType) -> int | None:
+    """How many bytes a peer that is gone left for the local end (0: none; None: some, not
+    counted). Those (a one-shot command) keep its session for a while, so that they are
+    delivered once the local end is there."""
     if isinstance(stream, TLSStream):
         try:
             with trio.move_on_after(_REMOTE_WATCH_SECONDS):
-                data = await stream.receive_some()
+                data = await stream.receive_some()  # every record already received
                 if data:
                     stream.unreceive(data)
-                return not data
+                return len(data)
         except STREAM_ERRORS:
-            return True
-        return False  # still decrypting after a second: assume something is there
+            return 0
+        return None  # still decrypting after a second: assume something is there
     try:
         with trio.move_on_after(_REMOTE_WATCH_SECONDS):
-            return await sock.recv(1, socket.MSG_PEEK) == b""
+            if await sock.recv(1, socket.MSG_PEEK) == b"":
+                return 0
+            return _unread_bytes(sock)
     except OSError:
-        return True
-    return False
+        return 0
+    return None
+
+
+def _unread_bytes(sock: trio.socket.SocketType) -> int | None:
+    """Bytes waiting in ``sock``'s receive queue (FIONREAD), or None if it cannot say."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def _log_disconnect(

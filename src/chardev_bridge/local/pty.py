@@ -129,10 +129,8 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         end (the reply to QEMU's ``quit``, say) would be lost: wait up to
         :data:`DRAIN_SECONDS` while somebody is still reading them.
         """
-        # Only our own link: another bridge may have taken the name over since.
-        if self.link is not None and self.link.is_symlink() and os.readlink(self.link) == self.path:
-            self.link.unlink()
         try:
+            self._remove_own_link()
             await self._wait_until_read()
         finally:
             # Even when the wait is cancelled: a closing end must not leak its fds.
@@ -143,6 +141,16 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
                 self._stream.close()
                 self._stream = None
         await trio.lowlevel.checkpoint()
+
+    def _remove_own_link(self) -> None:
+        # Only our own link: another bridge may have taken the name over since.
+        if self.link is None:
+            return
+        try:
+            if self.link.is_symlink() and os.readlink(self.link) == self.path:
+                self.link.unlink()
+        except FileNotFoundError:
+            pass  # removed meanwhile by someone else
 
     async def _wait_until_read(self) -> None:
         if self._slave < 0:

@@ -25,15 +25,17 @@ from chardev_bridge.datapath import Session
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
-from tests.bridges import running_bridge
+from tests.bridges import read_exactly, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (
     HOST,
+    TlsServer,
     client_context,
     log_lines,
     open_pty_app,
     server_context,
     tls_connect,
+    wait_log,
 )
 
 
@@ -300,6 +302,77 @@ class _RemoteThatCannotTakeMore(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+class _RemoteThatResetsThenAlerts(trio.abc.HalfCloseableStream):
+    """A server that sent an alert and closed: our send meets the reset before our receive
+    has read the alert."""
+
+    def __init__(self) -> None:
+        self.send_failed = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.send_failed.set()
+        raise trio.BrokenResourceError from ConnectionResetError(104, "Connection reset by peer")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self.send_failed.wait()
+        alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+        alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+        raise trio.BrokenResourceError from alert
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.trio
+async def test_the_alert_a_remote_sent_is_its_failure_even_when_a_send_failed_first() -> None:
+    app, local = trio.testing.memory_stream_pair()
+    await app.send_all(b"typed\n")
+    session = Session(local, _RemoteThatResetsThenAlerts(), local_persistent=False)
+    with trio.fail_after(10):
+        stats = await session.run()
+    assert stats.failed_side == "remote"
+    assert stats.failure == "the peer rejected our certificate: unknown CA (alert unknown_ca)"
+
+
+@pytest.mark.trio
+async def test_a_server_that_read_our_bytes_and_sent_close_notify_gets_none_again(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "chardev_bridge")
+    server = TlsServer(server_context(pki.server_dir))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await server.start(nursery)
+            cfg = BridgeConfig(
+                host=HOST, port=server.port, local=LocalSpec("pty"), tls_creds=pki.client_dir,
+                reconnect=0.1, reconnect_max=0.1,
+            )  # fmt: skip
+            async with running_bridge(cfg) as ready:
+                assert ready.pty_path is not None
+                app = open_pty_app(ready.pty_path)
+                first = await server.accept()
+                await app.send_all(b"quit\n")
+                assert await read_exactly(first, 5) == b"quit\n"
+                await first.aclose()  # close_notify, within the 2 s, having said nothing
+                await wait_log(caplog, r"^disconnected from ")
+                await app.send_all(b"after\n")
+                second = await server.accept()
+                got = await read_exactly(second, 6)
+                with trio.move_on_after(0.5):
+                    got += await second.receive_some()
+                await app.aclose()
+            nursery.cancel_scope.cancel()
+    assert got == b"after\n"
+    assert "rejected" not in caplog.text
 
 
 @pytest.mark.trio

@@ -21,7 +21,7 @@ from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.tlsconfig import build_tls_setup
-from chardev_bridge.tlserrors import PEER_RESET, describe_tls_error
+from chardev_bridge.tlserrors import PEER_CLOSED, PEER_RESET, describe_tls_error
 from chardev_bridge.tlspolicy import PeerRejected
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
 from chardev_bridge.trafficlog import TrafficLog
@@ -261,10 +261,11 @@ class Bridge:
                 and stats.failed_side in (None, "remote")
                 and not stats.local_eof  # else our close_notify was the end (QEMU: no reply)
                 and stats.ended_by is None
+                and not (stats.remote_eof and not remote.ragged_eof)  # close_notify: it chose to
                 and (remote.ragged_eof or stats.failed_side == "remote")
             )
             if rejected:
-                if stats.failed_side is None or stats.failure == PEER_RESET:
+                if stats.failure in (None, PEER_RESET, PEER_CLOSED):
                     stats.failure = _PROBABLY_REJECTED  # else the alert says why
                 stats.failed_side = "remote"
                 level = logging.ERROR
@@ -448,6 +449,7 @@ class Bridge:
             self._release(active)
         if self.local.exhausted:
             log.info("local end %s has ended; stopping", self.local.describe())
+            self.stopping = True  # no new sessions while the scrollback is read
             await self._deliver_scrollback()
             self._main.cancel()
 
@@ -471,29 +473,25 @@ class Bridge:
         gone must not hold the line meanwhile."""
         local_stream = None
         failure: OSError | None = None
+        gave_up: str | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_remote() -> None:
+                nonlocal gave_up
                 while not _peer_gone(tcp.socket):
                     await trio.sleep(_REMOTE_WATCH_SECONDS)
                 left = await _bytes_left(remote.stream, tcp.socket)
+                local = self.local.describe()
                 if left == 0:
-                    log.warning(
-                        "closing %s: it left before local end %s was ready",
-                        remote.peer,
-                        self.local.describe(),
-                    )
+                    gave_up = f"it left before local end {local} was ready"
                 else:
                     # It left bytes (a one-shot command): they wait for the local client,
                     # for as long as a waiting remote would, then free the line.
                     await trio.sleep(_LOCAL_WAIT_SECONDS)
-                    log.warning(
-                        "closing %s: it left, and local end %s had no client for %gs;"
-                        " the %s it sent are dropped",
-                        remote.peer,
-                        self.local.describe(),
-                        _LOCAL_WAIT_SECONDS,
-                        "bytes" if left is None else f"{left} bytes",
+                    what = "bytes" if left is None else f"{left} bytes"
+                    gave_up = (
+                        f"it left, and local end {local} had no client for"
+                        f" {_LOCAL_WAIT_SECONDS:g}s; the {what} it sent are dropped"
                     )
                 nursery.cancel_scope.cancel()
 
@@ -505,6 +503,9 @@ class Bridge:
             nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if local_stream is None and gave_up is not None:
+            # Only now: a local client that came in the same instant still gets the bytes.
+            log.warning("closing %s: %s", remote.peer, gave_up)
         return local_stream
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
@@ -642,15 +643,17 @@ async def _bytes_left(stream: trio.abc.Stream, sock: trio.socket.SocketType) -> 
     counted). Those (a one-shot command) keep its session for a while, so that they are
     delivered once the local end is there."""
     if isinstance(stream, TLSStream):
+        left = bytearray()
         try:
             with trio.move_on_after(_REMOTE_WATCH_SECONDS):
-                data = await stream.receive_some()  # every record already received
-                if data:
-                    stream.unreceive(data)
-                return len(data)
+                while data := await stream.receive_some():
+                    left += data
+                return len(left)  # its end (EOF stays EOF for the session's own receive)
         except STREAM_ERRORS:
-            return 0
-        return None  # still decrypting after a second: assume something is there
+            return len(left)
+        finally:
+            stream.unreceive(bytes(left))
+        return len(left) or None  # still decrypting after a second: assume something is there
     try:
         with trio.move_on_after(_REMOTE_WATCH_SECONDS):
             if await sock.recv(1, socket.MSG_PEEK) == b"":

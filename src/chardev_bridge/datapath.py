@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.tlserrors import describe_tls_error
+from chardev_bridge.tlserrors import (
+    PEER_CLOSED,
+    PEER_RESET,
+    describe_tls_error,
+    is_peer_alert,
+)
 
 log = logging.getLogger("chardev_bridge")
 
@@ -163,9 +168,17 @@ class Session:
         self._end_within_grace(grace)
 
     def _fail(self, side: str, exc: BaseException) -> None:
-        if self.stats.failure is None:
-            self.stats.failure = describe_tls_error(exc)
-            self.stats.failed_side = side
+        stats = self.stats
+        # A send can fail on the closed socket before the receive reads the alert the peer
+        # sent first; the alert says why, so it is the failure to report.
+        alert_after_loss = (
+            side == stats.failed_side == "remote"
+            and stats.failure in (PEER_RESET, PEER_CLOSED)
+            and is_peer_alert(exc)
+        )
+        if stats.failure is None or alert_after_loss:
+            stats.failure = describe_tls_error(exc)
+            stats.failed_side = side
         if side == "remote":
             # Stop talking to the dead remote, but let bytes that already arrived from it
             # (still in the kernel or the TLS engine when a send failed) reach the local end.

@@ -25,7 +25,8 @@ class ScrollbackEnd(trio.abc.Stream):
         self.inner = inner
         self.limit = limit
         self._buffer = bytearray()
-        self._writing = False
+        # Bytes taken out of the buffer by a write to the local end that has not finished.
+        self._in_flight = 0
         self._wakeup = trio.Event()
         self.dropped = 0
         self._reported_dropped = 0
@@ -43,7 +44,7 @@ class ScrollbackEnd(trio.abc.Stream):
                 continue
             chunk = bytes(self._buffer[:_WRITE_CHUNK])
             del self._buffer[: len(chunk)]
-            self._writing = True
+            self._in_flight = len(chunk)
             try:
                 await self.inner.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -51,7 +52,7 @@ class ScrollbackEnd(trio.abc.Stream):
                 self._buffer.clear()
                 return
             finally:
-                self._writing = False
+                self._in_flight = 0
             if not self._buffer and self.dropped > self._reported_dropped:
                 log.warning(
                     "local end read again; %d bytes were dropped from the scrollback in all",
@@ -61,12 +62,13 @@ class ScrollbackEnd(trio.abc.Stream):
 
     @property
     def undelivered(self) -> int:
-        """Bytes in the scrollback not yet handed to the local end."""
-        return len(self._buffer)
+        """Bytes in the scrollback not yet handed to the local end (a write in progress
+        counts whole: how much of it the local end took is not known)."""
+        return len(self._buffer) + self._in_flight
 
     async def flush(self) -> None:
         """Wait until everything in the scrollback was handed to the local end."""
-        while self._buffer or self._writing:
+        while self._buffer or self._in_flight:
             await trio.sleep(0.02)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

@@ -11,6 +11,7 @@ import ssl
 
 # How a connection reset reads in every log line (and how code recognises one).
 PEER_RESET = "the peer reset the connection"
+PEER_CLOSED = "the peer closed the connection"
 
 _REASONS = {
     "WRONG_VERSION_NUMBER": "not TLS: plain bytes or an unsupported protocol version",
@@ -75,6 +76,12 @@ def root_cause(exc: BaseException) -> BaseException:
     return current
 
 
+def is_peer_alert(exc: BaseException) -> bool:
+    """Whether ``exc`` is the peer's TLS alert (it said why it ended the connection)."""
+    cause = root_cause(exc)
+    return isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "")
+
+
 def describe_tls_error(exc: BaseException) -> str:
     """One line saying why a TLS connection failed, in words rather than OpenSSL codes."""
     cause = root_cause(exc)
@@ -101,7 +108,7 @@ def describe_tls_error(exc: BaseException) -> str:
     if isinstance(cause, ConnectionResetError):
         return PEER_RESET
     if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED):
-        return "the peer closed the connection"
+        return PEER_CLOSED
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused (nothing listens there?)"
     if isinstance(cause, OSError) and cause.strerror:

@@ -151,6 +151,9 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
                 self.link.unlink()
         except FileNotFoundError:
             pass  # removed meanwhile by someone else
+        except OSError as exc:
+            # The pty's readers still get their last bytes; the link is only left behind.
+            log.warning("cannot remove link %s: %s", self.link, exc.strerror or exc)
 
     async def _wait_until_read(self) -> None:
         if self._slave < 0:

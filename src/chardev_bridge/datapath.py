@@ -8,9 +8,9 @@ Read this top to bottom; it is the whole of how bytes move.
   has taken it. If the session dies first, a persistent local end (pty, tty) hands it to the
   next session instead of losing it (the piece being sent when it died, at most
   ``CARRY_PIECE``, may then arrive twice: TCP cannot say how much of it the dead peer got).
-  Bytes a remote may have thrown away unread (sent in a
-  ``replay_window`` while it said nothing) are kept in :attr:`Session.unconfirmed`, so that the
-  bridge can give them to the next session when it judges the remote rejected us.
+  Bytes a remote may have thrown away unread (sent in a ``replay_window`` while it said
+  nothing) are kept in :attr:`Session.unconfirmed`, so that the bridge can give them to the
+  next session when it judges the remote rejected us.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
   delivered; then a socket local end gets ``send_eof`` and may still answer (the session ends

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import socket
-import sys
-import termios
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -15,6 +12,7 @@ import trio
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import STREAM_ERRORS, Carry, Session, SessionStats
+from chardev_bridge.fdqueue import unread_bytes
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
@@ -658,19 +656,10 @@ async def _bytes_left(stream: trio.abc.Stream, sock: trio.socket.SocketType) -> 
         with trio.move_on_after(_REMOTE_WATCH_SECONDS):
             if await sock.recv(1, socket.MSG_PEEK) == b"":
                 return 0
-            return _unread_bytes(sock)
+            return unread_bytes(sock.fileno())
     except OSError:
         return 0
     return None
-
-
-def _unread_bytes(sock: trio.socket.SocketType) -> int | None:
-    """Bytes waiting in ``sock``'s receive queue (FIONREAD), or None if it cannot say."""
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return None
-    return int.from_bytes(raw, sys.byteorder)
 
 
 def _log_disconnect(

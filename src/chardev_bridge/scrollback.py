@@ -68,7 +68,7 @@ class ScrollbackEnd(trio.abc.Stream):
 
     async def flush(self) -> None:
         """Wait until everything in the scrollback was handed to the local end."""
-        while self._buffer or self._in_flight:
+        while self.undelivered:
             await trio.sleep(0.02)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

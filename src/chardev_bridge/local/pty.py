@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import sys
-import termios
 from pathlib import Path
 
 import trio
 
 from chardev_bridge.backoff import RepeatFilter
+from chardev_bridge.fdqueue import unread_bytes
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 
@@ -178,11 +176,7 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
 
 def _queued(fd: int) -> int:
     """Bytes waiting in the pty for an application to read (FIONREAD on the slave)."""
-    try:
-        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return 0
-    return int.from_bytes(buf, sys.byteorder)
+    return unread_bytes(fd) or 0
 
 
 def _replace_symlink(link: Path, target: str) -> None:

@@ -166,9 +166,8 @@ async def _rejecting_tls_server(
     ``alert_with_ca`` OpenSSL's way (an unknown-CA alert: it trusts only that CA); once
     ``accept_after`` is set, keeps the connection and collects what arrives."""
     ctx = server_context(pki.server_dir)
-    distrusting = server_context(pki.server_dir)
+    distrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if alert_with_ca is not None:
-        distrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         distrusting.load_cert_chain(
             pki.server_dir / "server-cert.pem", pki.server_dir / "server-key.pem"
         )

@@ -142,6 +142,14 @@ def test_at_keywords_resolve_from_gnutls_config_with_fallbacks() -> None:
         parse_priority("@LOOP", keywords={"LOOP": "@LOOP"})
 
 
+def test_an_undefined_keyword_with_a_newline_is_reported_on_one_line() -> None:
+    # Found by hypothesis (test_properties): '@\n0' made a two-line error.
+    with pytest.raises(PriorityError) as raised:
+        parse_priority("@\n0", keywords={})
+    assert str(raised.value).startswith("'@\\n0': none of '\\n0' is defined"), raised.value
+    assert "\n" not in str(raised.value)
+
+
 def test_undefined_system_keyword_means_openssl_system_defaults() -> None:
     prio = parse_priority("@SYSTEM:-VERS-TLS1.2", keywords={})
     assert prio.tls12_ciphers is None and prio.minimum_version == V13

@@ -410,8 +410,10 @@ def _base_state(keyword: str, keywords: Mapping[str, str] | None, depth: int) ->
         state = _State([TLS13, TLS12], None, [], [], list(_GROUPS))
         state.notes.append("@SYSTEM is not defined for gnutls here: OpenSSL's system defaults")
         return state
+    # A name with a control character is quoted, so the error stays one line.
+    shown = ", ".join(name if name.isprintable() else repr(name) for name in names)
     raise PriorityError(
-        f"{keyword!r}: none of {', '.join(names)} is defined in the gnutls config "
+        f"{keyword!r}: none of {shown} is defined in the gnutls config "
         f"({', '.join(map(str, system_config_files()))})",
         keyword,
     )

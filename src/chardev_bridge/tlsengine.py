@@ -40,6 +40,8 @@ class TLSEngine:
         # True when the transport ended without the peer's close_notify (QEMU always does so).
         self.ragged_eof = False
         self._deferred_error: ssl.SSLError | None = None
+        # Plaintext decrypted before its read was asked for (see send_close_notify).
+        self._decrypted = b""
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -90,6 +92,13 @@ class TLSEngine:
         more ciphertext is needed before anything can be returned. A fatal error (an alert, a
         bad record) is raised only after the plaintext that came before it was returned.
         """
+        if self._decrypted:
+            plain = self._decrypted[:max_bytes]
+            self._decrypted = self._decrypted[max_bytes:]
+            return plain
+        return self._decrypt(max_bytes)
+
+    def _decrypt(self, max_bytes: int) -> bytes | None:
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
             raise error
@@ -150,6 +159,14 @@ class TLSEngine:
         if self.close_notify_sent:
             return
         self.close_notify_sent = True
+        # unwrap() calls SSL_shutdown() a second time, and that reads on in search of the
+        # peer's close_notify: application data records already fed would be consumed and
+        # lost, with APPLICATION_DATA_AFTER_CLOSE_NOTIFY. So they are decrypted first.
+        try:
+            while plain := self._decrypt(_READ_CHUNK):
+                self._decrypted += plain
+        except ssl.SSLError as exc:
+            self._deferred_error = exc
         try:
             self._ssl.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):

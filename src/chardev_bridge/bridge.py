@@ -18,6 +18,7 @@ from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
+from chardev_bridge.socketstream import DirectSocketStream
 from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import PEER_CLOSED, PEER_RESET, describe_tls_error
 from chardev_bridge.tlspolicy import PeerRejected
@@ -360,7 +361,7 @@ class Bridge:
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
 
-    async def _handle_safely(self, tcp: trio.SocketStream) -> None:
+    async def _handle_safely(self, tcp: DirectSocketStream) -> None:
         """One connection's failure, whatever it is, must not stop the listening bridge."""
         try:
             await self._handle(tcp)
@@ -371,7 +372,7 @@ class Bridge:
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while not self.stopping:
             try:
-                tcp = await listener.accept()
+                tcp = DirectSocketStream.adopt(await listener.accept())
             except OSError as exc:
                 # EMFILE and friends: say so, back off briefly, keep serving.
                 log.error("accept failed: %s", exc)
@@ -379,7 +380,7 @@ class Bridge:
                 continue
             nursery.start_soon(self._handle_safely, tcp)
 
-    async def _handle(self, tcp: trio.SocketStream) -> None:
+    async def _handle(self, tcp: DirectSocketStream) -> None:
         cfg = self.cfg
         peer = peer_name(tcp)
         busy = self._busy_reason()
@@ -464,7 +465,7 @@ class Bridge:
         return None
 
     async def _open_local_for(
-        self, remote: RemoteSession, tcp: trio.SocketStream
+        self, remote: RemoteSession, tcp: DirectSocketStream
     ) -> trio.abc.Stream | None:
         """The local stream for a remote that has connected, or None if the remote left
         first: a listening local end may wait long for its client, and a remote that is
@@ -589,11 +590,11 @@ class Bridge:
                     again = f" ({count} times in a row)" if count > 1 else ""
                     log.error("%s%s", failure, again)
                 return failure
-        tcp: trio.SocketStream | None = None
+        tcp: DirectSocketStream | None = None
         try:
             # A black-holed address would otherwise cost the kernel's ~2 minutes of SYNs.
             with trio.fail_after(cfg.handshake_timeout):
-                tcp = await trio.open_tcp_stream(cfg.host, cfg.port)
+                tcp = DirectSocketStream.adopt(await trio.open_tcp_stream(cfg.host, cfg.port))
             remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
         except _CONNECT_ERRORS as exc:
             if not self.local.persistent:

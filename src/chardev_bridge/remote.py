@@ -11,6 +11,7 @@ import trio
 from cryptography import x509
 
 from chardev_bridge.hostport import format_hostport
+from chardev_bridge.socketstream import AnySocketStream
 from chardev_bridge.tlspolicy import PeerCert, PeerRejected, TLSPolicy, check_peer
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSSessionInfo, TLSStream
 
@@ -55,7 +56,7 @@ class RemoteSession:
         return isinstance(self.stream, TLSStream) and self.stream.ragged_eof
 
 
-def peer_name(stream: trio.SocketStream) -> str:
+def peer_name(stream: AnySocketStream) -> str:
     """``host:port`` of the far end of a TCP stream (``[v6]:port`` for IPv6)."""
     try:
         addr = stream.socket.getpeername()
@@ -70,7 +71,7 @@ def peer_name(stream: trio.SocketStream) -> str:
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
 
 
-def tune_socket(stream: trio.SocketStream) -> None:
+def tune_socket(stream: AnySocketStream) -> None:
     """Keepalive so that a vanished peer is noticed; no Nagle delay for interactive bytes."""
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
@@ -80,7 +81,7 @@ def tune_socket(stream: trio.SocketStream) -> None:
 
 
 async def start_session(
-    tcp: trio.SocketStream, tls: TLSSetup | None, *, handshake_timeout: float
+    tcp: AnySocketStream, tls: TLSSetup | None, *, handshake_timeout: float
 ) -> RemoteSession:
     """Run the TLS handshake (if any) on a fresh TCP connection.
 

@@ -13,6 +13,7 @@ import trio
 
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
+from chardev_bridge.socketstream import DirectSocketStream
 
 log = logging.getLogger("chardev_bridge")
 
@@ -29,7 +30,7 @@ class TcpConnectEnd(LocalEnd):
 
     async def next_stream(self) -> trio.abc.Stream:
         """A new TCP connection to the local service."""
-        return await trio.open_tcp_stream(self.host, self.port)
+        return DirectSocketStream.adopt(await trio.open_tcp_stream(self.host, self.port))
 
     def describe(self) -> str:
         """``tcp HOST:PORT``."""
@@ -48,7 +49,7 @@ class UnixConnectEnd(LocalEnd):
 
     async def next_stream(self) -> trio.abc.Stream:
         """A new connection to the unix socket."""
-        return await trio.open_unix_socket(self.path)
+        return DirectSocketStream.adopt(await trio.open_unix_socket(self.path))
 
     def describe(self) -> str:
         """``unix PATH``."""
@@ -68,7 +69,7 @@ class _ListenEnd(LocalEnd):
         else:
             stream = await _accept_any(self._listeners)
         log.info("local client connected on %s", self.describe())
-        return stream
+        return DirectSocketStream.adopt(stream)
 
     async def aclose(self) -> None:
         """Stop listening."""

@@ -182,3 +182,66 @@ def test_carry_gives_the_next_session_exactly_what_a_dying_remote_did_not_take(
         assert two.stats.failure is None
 
     trio.run(main)
+
+
+class _HandsOverAfterStop(trio.abc.HalfCloseableStream):
+    """A stream whose receive has its bytes in hand at a shielded checkpoint when the
+    session is drained, as every trio stream can: checkpoint_if_cancelled, take the bytes,
+    cancel_shielded_checkpoint."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream, data: bytes) -> None:
+        self.inner = inner
+        self.data = data
+        self.in_hand = trio.Event()
+        self.release = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.data:
+            data, self.data = self.data, b""
+            self.in_hand.set()
+            with trio.CancelScope(shield=True):
+                await self.release.wait()
+            return data
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_drain_delivers_bytes_a_receive_had_in_hand_both_ways() -> None:
+    # A drain stops both readers while each receive already holds its bytes; those are
+    # "already read" and must still reach their destination, then close_notify/EOF.
+    app, local_inner = trio.testing.memory_stream_pair()
+    remote_inner, peer = trio.testing.memory_stream_pair()
+    local = _HandsOverAfterStop(local_inner, b"typed just before the drain")
+    remote = _HandsOverAfterStop(remote_inner, b"answered just before the drain")
+    session = Session(local, remote, local_persistent=False)
+    got_up, got_down = bytearray(), bytearray()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, peer, got_up)
+            nursery.start_soon(drain, app, got_down)
+
+            async def drain_while_in_hand() -> None:
+                await local.in_hand.wait()
+                await remote.in_hand.wait()
+                session.drain("test")
+                local.release.set()
+                remote.release.set()
+
+            nursery.start_soon(drain_while_in_hand)
+            stats = await session.run()
+            await local.aclose()  # as the bridge does once a socket end's session is over
+    assert bytes(got_up) == b"typed just before the drain"
+    assert bytes(got_down) == b"answered just before the drain"
+    assert stats.ended_by == "test" and stats.failure is None

@@ -15,9 +15,11 @@ that never waits cannot starve the other direction, timers or signal handling.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import operator
 import socket
+from collections.abc import Iterator
 
 import trio
 
@@ -52,6 +54,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._eof_sent = False
         self._unyielded = 0
+        # The last receive got less than it asked for, so the kernel had no more: the next
+        # one waits for readiness at once instead of first failing a recv() (EAGAIN).
+        self._drained = False
         #: Calls without a wait after which one yields (1: every call, as trio's streams).
         self.yield_every = YIELD_EVERY
 
@@ -77,19 +82,24 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                data = self._sock.recv(size)
-            except BlockingIOError:
-                pass
-            else:
-                await self._did_not_wait()
-                return data
+            if not self._drained:
+                try:
+                    data = self._sock.recv(size)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._drained = 0 < len(data) < size
+                    await self._did_not_wait()
+                    return data
+            elif self._sock.fileno() == -1:
+                raise trio.ClosedResourceError("this socket was already closed")
             while True:
                 await trio.lowlevel.wait_readable(self._sock)
                 try:
                     data = self._sock.recv(size)
                 except BlockingIOError:
                     continue
+                self._drained = 0 < len(data) < size
                 self._unyielded = 0
                 return data
         except OSError as exc:
@@ -126,24 +136,27 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    async def wait_send_all_might_not_block(self) -> None:
-        """Wait until the socket can take more bytes."""
+    @contextlib.contextmanager
+    def _sender(self) -> Iterator[None]:
+        """trio's contract: one sending call at a time (send_all has this inline: hot path)."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
         self._sending = True
         try:
-            if self._sock.fileno() == -1:
-                raise trio.ClosedResourceError("this socket was already closed")
-            await trio.lowlevel.wait_writable(self._sock)
+            yield
         finally:
             self._sending = False
 
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the socket can take more bytes."""
+        with self._sender():
+            if self._sock.fileno() == -1:
+                raise trio.ClosedResourceError("this socket was already closed")
+            await trio.lowlevel.wait_writable(self._sock)
+
     async def send_eof(self) -> None:
         """Shut down the sending side (TCP FIN); receiving goes on."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
+        with self._sender():
             await trio.lowlevel.checkpoint()
             if self._eof_sent:
                 return
@@ -152,8 +165,6 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _stream_error(exc) from exc
             self._eof_sent = True
-        finally:
-            self._sending = False
 
     async def aclose(self) -> None:
         """Close the socket; a task waiting on it gets ``ClosedResourceError``."""

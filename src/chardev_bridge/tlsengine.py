@@ -104,9 +104,14 @@ class TLSEngine:
             raise error
         parts: list[bytes] = []
         size = 0
+        incoming, tls = self._incoming, self._ssl
         while size < max_bytes:
+            if not (incoming.pending or tls.pending() or incoming.eof):
+                # Nothing fed and nothing decrypted is waiting (OpenSSL reads no record
+                # ahead): read() would only raise SSLWantReadError, which costs more.
+                break
             try:
-                chunk = self._ssl.read(max_bytes - size)
+                chunk = tls.read(max_bytes - size)
             except ssl.SSLWantReadError:
                 if self._incoming.eof and not parts:
                     self.ragged_eof = True

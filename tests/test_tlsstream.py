@@ -151,14 +151,7 @@ def test_close_notify_keeps_records_already_received(pki: PKI, version: ssl.TLSV
     # second SSL_shutdown() used to consume them and fail (APPLICATION_DATA_AFTER_CLOSE_NOTIFY),
     # so the reverse direction lost them and then ended early: a bridge pair lost up to
     # 1.3 MB of a 32 MiB transfer this way once its sockets stopped yielding on every call.
-    server_ctx, client_ctx = contexts(pki)
-    client_ctx.maximum_version = version
-    client = TLSEngine(client_ctx, server_side=False, server_hostname="localhost")
-    server = TLSEngine(server_ctx, server_side=True)
-    while not (client.do_handshake() and server.handshake_done):
-        server.receive_ciphertext(client.data_to_send())
-        server.do_handshake()
-        client.receive_ciphertext(server.data_to_send())
+    client, server = engine_pair(pki, version)
     payload = os.urandom(300_000)
     server.write_plaintext(payload, split_last=True)
     client.receive_ciphertext(server.data_to_send())
@@ -172,3 +165,45 @@ def test_close_notify_keeps_records_already_received(pki: PKI, version: ssl.TLSV
     server.receive_ciphertext(client.data_to_send())
     assert server.read_plaintext() == b""
     assert server.close_notify_received
+
+
+def engine_pair(
+    pki: PKI, version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED
+) -> tuple[TLSEngine, TLSEngine]:
+    """A client and a server engine, handshaken in memory."""
+    server_ctx, client_ctx = contexts(pki)
+    client_ctx.maximum_version = version
+    client = TLSEngine(client_ctx, server_side=False, server_hostname="localhost")
+    server = TLSEngine(server_ctx, server_side=True)
+    while not (client.do_handshake() and server.handshake_done):
+        server.receive_ciphertext(client.data_to_send())
+        server.do_handshake()
+        client.receive_ciphertext(server.data_to_send())
+    return client, server
+
+
+@pytest.mark.parametrize("ending", ["bad record", "transport EOF"])
+def test_close_notify_on_a_broken_connection_keeps_data_and_the_reason(
+    pki: PKI, ending: str
+) -> None:
+    # QEMU ends without close_notify; a corrupt record ends a session too. Half-closing
+    # then must neither raise (unwrap() used to: SHUTDOWN_WHILE_IN_INIT) nor lose what came
+    # before; the reads still tell how it ended.
+    client, server = engine_pair(pki)
+    server.write_plaintext(b"before the end", split_last=False)
+    client.receive_ciphertext(server.data_to_send())
+    if ending == "bad record":
+        server.write_plaintext(b"garbled", split_last=False)
+        record = bytearray(server.data_to_send())
+        record[-1] ^= 0xFF
+        client.receive_ciphertext(bytes(record))
+    else:
+        client.receive_transport_eof()
+    client.send_close_notify()
+    assert client.read_plaintext() == b"before the end"
+    if ending == "bad record":
+        with pytest.raises(ssl.SSLError):
+            client.read_plaintext()
+    else:
+        assert client.read_plaintext() == b""
+        assert client.ragged_eof

@@ -277,6 +277,7 @@ class Session:
     async def _remote_to_local(self) -> None:
         stats, reader = self.stats, self._remote_reader
         held: bytes | bytearray | None = None
+        ended = False
         with reader.scope:
             while True:
                 try:
@@ -286,6 +287,7 @@ class Session:
                 if data is None:
                     return
                 if not data:
+                    ended = True
                     break
                 if reader.stopped:
                     held = data  # stopped while these arrived: delivered below, out of the scope
@@ -294,9 +296,8 @@ class Session:
                     return
         if held is not None:
             await self._deliver(held)
-            return
-        if reader.stopped:
-            return
+        if not ended:
+            return  # stopped: the session is draining
         stats.remote_eof = True
         stats.last_activity = trio.current_time()
         if self.local_persistent:

@@ -63,8 +63,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
     @classmethod
     def adopt(cls, stream: trio.SocketStream) -> DirectSocketStream:
         """Take over the socket of a freshly opened or accepted ``trio.SocketStream``."""
-        fd = stream.socket.detach()
-        return cls(socket.socket(fileno=fd))
+        trio_sock = stream.socket
+        family, kind, proto = trio_sock.family, trio_sock.type, trio_sock.proto
+        return cls(socket.socket(family, kind, proto, fileno=trio_sock.detach()))
 
     async def _did_not_wait(self) -> None:
         self._unyielded += 1

@@ -107,8 +107,10 @@ class TLSEngine:
         incoming, tls = self._incoming, self._ssl
         while size < max_bytes:
             if not (incoming.pending or tls.pending() or incoming.eof):
-                # Nothing fed and nothing decrypted is waiting (OpenSSL reads no record
-                # ahead): read() would only raise SSLWantReadError, which costs more.
+                # Nothing fed and nothing decrypted is waiting: read() would only raise
+                # SSLWantReadError, which costs more. This relies on read-ahead being off
+                # (Python never turns it on): OpenSSL then takes one record at a time from
+                # the BIO and never holds a complete one unprocessed.
                 break
             try:
                 chunk = tls.read(max_bytes - size)
@@ -172,6 +174,10 @@ class TLSEngine:
                 self._decrypted += plain
         except ssl.SSLError as exc:
             self._deferred_error = exc
+        if self._deferred_error is not None or self.ragged_eof:
+            # The connection is broken or gone: there is no TLS session left to close, and
+            # unwrap() would only fail (SHUTDOWN_WHILE_IN_INIT); reads report why.
+            return
         try:
             self._ssl.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):

@@ -209,14 +209,17 @@ class TLSStream(trio.abc.HalfCloseableStream):
             if self._engine.close_notify_sent:
                 await trio.lowlevel.checkpoint()
                 return
-            self._engine.send_close_notify()
+            try:
+                self._engine.send_close_notify()
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
             await self._flush()
 
     async def _flush(self) -> None:
         """Send everything the engine has queued; returns once the transport took it."""
         while self._transport_busy:
-            # Rare: the receive side is sending a post-handshake reply. Our records are
-            # already queued behind it; wait, then send whatever is left.
+            # Rare: aclose() flushing its close_notify while a send is still going. Our
+            # records are already queued behind it; wait, then send whatever is left.
             if self._transport_idle is None:
                 self._transport_idle = trio.Event()
             await self._transport_idle.wait()

@@ -15,13 +15,13 @@ that never waits cannot starve the other direction, timers or signal handling.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import operator
 import socket
-from collections.abc import Iterator
 
 import trio
+
+from chardev_bridge.streamguard import OneAtATime
 
 # Bytes asked of the kernel per receive when the caller gives no size (trio's default).
 DEFAULT_RECEIVE_SIZE = 65536
@@ -50,8 +50,8 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         sock.setblocking(False)
         self._sock = sock
         self.socket = trio.socket.from_stdlib_socket(sock)
-        self._receiving = False
-        self._sending = False
+        self._receiving = OneAtATime("receiving")
+        self._sending = OneAtATime("sending")
         self._eof_sent = False
         self._unyielded = 0
         # The last receive got less than it asked for, so the kernel had no more: the next
@@ -78,86 +78,67 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving")
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if not self._drained:
-                try:
-                    data = self._sock.recv(size)
-                except BlockingIOError:
-                    pass
-                else:
+        with self._receiving:
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if not self._drained:
+                    try:
+                        data = self._sock.recv(size)
+                    except BlockingIOError:
+                        pass
+                    else:
+                        self._drained = 0 < len(data) < size
+                        await self._did_not_wait()
+                        return data
+                elif self._sock.fileno() == -1:
+                    raise trio.ClosedResourceError("this socket was already closed")
+                while True:
+                    await trio.lowlevel.wait_readable(self._sock)
+                    try:
+                        data = self._sock.recv(size)
+                    except BlockingIOError:
+                        continue
                     self._drained = 0 < len(data) < size
-                    await self._did_not_wait()
+                    self._unyielded = 0
                     return data
-            elif self._sock.fileno() == -1:
-                raise trio.ClosedResourceError("this socket was already closed")
-            while True:
-                await trio.lowlevel.wait_readable(self._sock)
-                try:
-                    data = self._sock.recv(size)
-                except BlockingIOError:
-                    continue
-                self._drained = 0 < len(data) < size
-                self._unyielded = 0
-                return data
-        except OSError as exc:
-            raise _stream_error(exc) from exc
-        finally:
-            self._receiving = False
+            except OSError as exc:
+                raise _stream_error(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; returns once the kernel has taken the last byte."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
+        with self._sending:
             if self._eof_sent:
                 raise trio.ClosedResourceError("can't send data after sending EOF")
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._sock.fileno() == -1:
                 raise trio.ClosedResourceError("this socket was already closed")
             waited = False
-            with memoryview(data) as view:
-                sent = 0
-                while sent < len(view):
-                    try:
-                        sent += self._sock.send(view[sent:])
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(self._sock)
-                        waited = True
+            try:
+                with memoryview(data) as view:
+                    sent = 0
+                    while sent < len(view):
+                        try:
+                            sent += self._sock.send(view[sent:])
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(self._sock)
+                            waited = True
+            except OSError as exc:
+                raise _stream_error(exc) from exc
             if waited:
                 self._unyielded = 0
             else:
                 await self._did_not_wait()
-        except OSError as exc:
-            raise _stream_error(exc) from exc
-        finally:
-            self._sending = False
-
-    @contextlib.contextmanager
-    def _sender(self) -> Iterator[None]:
-        """trio's contract: one sending call at a time (send_all has this inline: hot path)."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
-            yield
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more bytes."""
-        with self._sender():
+        with self._sending:
             if self._sock.fileno() == -1:
                 raise trio.ClosedResourceError("this socket was already closed")
             await trio.lowlevel.wait_writable(self._sock)
 
     async def send_eof(self) -> None:
         """Shut down the sending side (TCP FIN); receiving goes on."""
-        with self._sender():
+        with self._sending:
             await trio.lowlevel.checkpoint()
             if self._eof_sent:
                 return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import trio
 
+from chardev_bridge.streamguard import OneAtATime
 from chardev_bridge.tlsengine import TLSEngine
 
 # Ciphertext read per transport receive: several 16 KiB records at once, so one wake-up
@@ -63,8 +64,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # flush showed in the echo latency.
         self._transport_idle: trio.Event | None = None
         self._transport_broken = False
-        self._receiving = False
-        self._sending = False
+        self._receiving = OneAtATime("receiving")
+        self._sending = OneAtATime("sending")
         self._closed = False
         self._pending_plaintext = b""
 
@@ -116,67 +117,58 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return plaintext from every record already received, waiting for one if needed."""
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving")
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._closed:
-                raise trio.ClosedResourceError
-            limit = max_bytes or TRANSPORT_READ
-            if self._pending_plaintext:
-                out = self._pending_plaintext[:limit]
-                self._pending_plaintext = self._pending_plaintext[limit:]
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return out
-            engine = self._engine
-            waited = False
-            while True:
-                plain = engine.read_plaintext()
-                if plain is not None:
-                    if not waited:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    if len(plain) > limit:
-                        self._pending_plaintext = plain[limit:]
-                        plain = plain[:limit]
-                    # A record that reading produced (a TLS 1.3 KeyUpdate reply) goes out
-                    # with the next send: awaiting a send here could lose `plain` to a
-                    # cancellation, or block reading on a peer that does not read.
-                    return plain
-                try:
-                    data = await self.transport.receive_some(TRANSPORT_READ)
-                except trio.ClosedResourceError:
-                    raise
-                except OSError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                waited = True
-                if data:
-                    engine.receive_ciphertext(data)
-                else:
-                    engine.receive_transport_eof()
-        except ssl.SSLError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
-        finally:
-            self._receiving = False
+        with self._receiving:
+            if max_bytes is not None:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if self._closed:
+                    raise trio.ClosedResourceError
+                limit = max_bytes or TRANSPORT_READ
+                if self._pending_plaintext:
+                    out = self._pending_plaintext[:limit]
+                    self._pending_plaintext = self._pending_plaintext[limit:]
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return out
+                engine = self._engine
+                waited = False
+                while True:
+                    plain = engine.read_plaintext()
+                    if plain is not None:
+                        if not waited:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        if len(plain) > limit:
+                            self._pending_plaintext = plain[limit:]
+                            plain = plain[:limit]
+                        # A record that reading produced (a TLS 1.3 KeyUpdate reply) goes out
+                        # with the next send: awaiting a send here could lose `plain` to a
+                        # cancellation, or block reading on a peer that does not read.
+                        return plain
+                    try:
+                        data = await self.transport.receive_some(TRANSPORT_READ)
+                    except trio.ClosedResourceError:
+                        raise
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(str(exc)) from exc
+                    waited = True
+                    if data:
+                        engine.receive_ciphertext(data)
+                    else:
+                        engine.receive_transport_eof()
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     # -- sending ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _sender(self) -> Iterator[None]:
         """trio's contract: one sending call at a time, none after close."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
+        with self._sending:
             if self._closed:
                 raise trio.ClosedResourceError
             yield
-        finally:
-            self._sending = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send ``data``; returns once the transport has taken it all."""

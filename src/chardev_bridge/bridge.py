@@ -11,7 +11,13 @@ import trio
 
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
-from chardev_bridge.datapath import STREAM_ERRORS, Carry, Session, SessionStats
+from chardev_bridge.datapath import (
+    STREAM_ERRORS,
+    Carry,
+    Session,
+    SessionStats,
+    keep_read_buffers_off_mmap,
+)
 from chardev_bridge.fdqueue import unread_bytes
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
@@ -84,6 +90,7 @@ async def run_bridge(
     ``shutdown`` is set (graceful: in-flight bytes delivered, close_notify sent) or the caller
     cancels. Returns the process exit status."""
     tls = build_tls_setup(cfg)
+    keep_read_buffers_off_mmap()
     with ExitStack() as files:
         traffic = TrafficLog(cfg.traffic_log) if cfg.traffic_log else None
         if traffic is not None:

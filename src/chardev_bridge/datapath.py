@@ -277,7 +277,8 @@ class Session:
         # In pieces, so that a session cut mid-chunk leaves at most one piece that the next
         # session may get again (part of it may have been sent).
         piece = carry.pending[:CARRY_PIECE]
-        await self._room_to_replay(len(piece))
+        if self._replay_until is not None:
+            await self._room_to_replay(len(piece))
         try:
             await self.remote.send_all(piece)
         except STREAM_ERRORS as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -162,17 +162,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     # -- sending ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _sender(self) -> Iterator[None]:
-        """trio's contract: one sending call at a time, none after close."""
-        with self._sending:
-            if self._closed:
-                raise trio.ClosedResourceError
-            yield
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send ``data``; returns once the transport has taken it all."""
-        with self._sender():
+        with self._sending:
+            self._check_open()
             if self._engine.close_notify_sent:
                 raise trio.ClosedResourceError("send_eof() was called")
             if not data:
@@ -192,12 +189,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the transport can take more data."""
-        with self._sender():
+        with self._sending:
+            self._check_open()
             await self.transport.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
         """Send close_notify; the peer may still send to us (TLS half-close)."""
-        with self._sender():
+        with self._sending:
+            self._check_open()
             if self._engine.close_notify_sent:
                 await trio.lowlevel.checkpoint()
                 return

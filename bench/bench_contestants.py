@@ -46,6 +46,8 @@ class Contestant:
 
     name = ""
     has_pty = False
+    # The measurements it takes part in; empty: all of them.
+    joins: tuple[str, ...] = ()
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
@@ -77,15 +79,22 @@ class ChardevBridge(Contestant):
     name = "chardev-bridge"
     has_pty = True
 
-    def __init__(self, setup: Setup, extra_args: Sequence[str] = (), name: str = "") -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        extra_args: Sequence[str] = (),
+        name: str = "",
+        joins: tuple[str, ...] = (),
+    ) -> None:
         """`extra_args` follow the contract's arguments.
 
         The variant that measures the QEMU 7.2 stall workaround's cost passes the switch that
-        turns it off there, under its own `name`.
+        turns it off there, under its own `name`, and `joins` the bulk rounds only.
         """
         super().__init__(setup)
         self.extra_args = list(extra_args)
         self.name = name or self.name
+        self.joins = joins
 
     def env(self) -> dict[str, str]:
         """The environment with the bridge's source tree first on PYTHONPATH."""
@@ -222,6 +231,22 @@ class Stunnel(Contestant):
         return procs.spawn(self.name, ["stunnel", str(conf)])
 
 
+class TrioFloor(Contestant):
+    """bench_floor.py: the least a relay on chardev-bridge's stack (trio, ``ssl.SSLObject``
+    over memory BIOs) can do. A reference for bulk and latency, not a peer: it shows how much
+    of the gap to socat and stunnel is the stack's and how much the bridge's own."""
+
+    name = "trio floor"
+    joins = ("bulk", "latency")
+
+    def start_tcp(self, procs: Procs, lport: int, many: bool) -> Proc:
+        """One process; a relay task per connection."""
+        s = self.setup
+        floor = str(Path(__file__).resolve().parent / "bench_floor.py")
+        argv = [sys.executable, floor, str(lport), str(s.far_port), str(s.creds.client_dir)]
+        return procs.spawn(self.name, argv)
+
+
 def all_contestants(setup: Setup) -> list[Contestant]:
     """The contestants in the order they run; chardev-bridge first, its peers after."""
-    return [ChardevBridge(setup), Socat(setup), Stunnel(setup)]
+    return [ChardevBridge(setup), Socat(setup), Stunnel(setup), TrioFloor(setup)]

@@ -117,6 +117,16 @@ def table(metrics: list[Metric], names: list[str]) -> str:
     return "\n".join([*lines, "", *notes])
 
 
+def ratios_to(metrics: list[Metric], reference: str) -> dict[str, float]:
+    """chardev-bridge / `reference` for each row where both were measured."""
+    ratios = {}
+    for m in metrics:
+        mine, theirs = m.values.get(SUBJECT), m.values.get(reference)
+        if mine is not None and theirs:
+            ratios[m.key] = mine / theirs
+    return ratios
+
+
 def first_line(argv: list[str]) -> str:
     """The first non-empty output line of a version command ('' if it cannot run)."""
     if shutil.which(argv[0]) is None:

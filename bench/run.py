@@ -9,6 +9,10 @@ TLS server on 127.0.0.1 that requires the client certificate. Certificates are m
 temporary directory laid out as QEMU tls-creds-x509 directories. Every child process is killed
 on the way out, also on errors, Ctrl-C and SIGTERM.
 
+A fourth column, "trio floor" (bench_floor.py), is not a peer: it is the least a relay on the
+bridge's own stack can do, run in the bulk and latency rounds, so that each run splits the gap to
+socat and stunnel into what the stack costs and what the bridge adds.
+
     python bench/run.py            # the full run (a few minutes)
     python bench/run.py --quick    # small sizes, to check that it works
 """
@@ -31,15 +35,16 @@ from types import FrameType
 
 import bench_measure as bm
 from bench_certs import Creds, make_creds
-from bench_contestants import ChardevBridge, Contestant, Setup, all_contestants
+from bench_contestants import ChardevBridge, Contestant, Setup, TrioFloor, all_contestants
 from bench_procs import BenchError, Proc, Procs, wait_until
-from bench_report import SUBJECT, Metric, machine, table, write_json
+from bench_report import SUBJECT, Metric, machine, ratios_to, table, write_json
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 MIB = 1 << 20
 MEASUREMENTS = ("bulk", "pty", "latency", "sessions", "handshakes", "startup")
 WORKAROUND_OFF = f"{SUBJECT} (workaround off)"
+FLOOR = TrioFloor.name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -198,18 +203,19 @@ def start_far_side(procs: Procs, creds: Creds) -> tuple[Proc, int]:
 
 
 def run_contestants(
-    cs: Sequence[Contestant],
-    bulk_only: Sequence[Contestant],
+    contestants: Sequence[Contestant],
     m: dict[str, Metric],
     procs: Procs,
     data: memoryview,
     a: argparse.Namespace,
 ) -> None:
-    """Every measurement, in the issue's order; within each, the contestants in turn.
-
-    `bulk_only` contestants (the workaround-off variant) join the bulk rounds only.
-    """
+    """Every measurement, in the issue's order; within each, the contestants that join it in
+    turn (the workaround-off variant and the trio floor join only some)."""
     todo = a.measure.split(",")
+
+    def joining(measurement: str) -> list[Contestant]:
+        return [c for c in contestants if not c.joins or measurement in c.joins]
+
     bulk_data, pty_data = data[: a.bulk_mib * MIB], data[: a.pty_mib * MIB]
 
     def bulk_round(c: Contestant) -> list[float]:
@@ -232,24 +238,24 @@ def run_contestants(
     if "bulk" in todo:
         say(f"bulk: {a.bulk_mib} MiB x {a.rounds} rounds")
         bulk = [m["bulk"]]
-        interleaved(bulk, [*cs, *bulk_only], a.rounds, bulk_round, throughput)
+        interleaved(bulk, joining("bulk"), a.rounds, bulk_round, throughput)
         workaround_cost(m)
     if "pty" in todo:
         say(f"pty: {a.pty_mib} MiB x {a.rounds} rounds")
-        interleaved([m["pty"]], cs, a.rounds, pty_round, throughput)
+        interleaved([m["pty"]], joining("pty"), a.rounds, pty_round, throughput)
     if "latency" in todo:
         say(f"latency: {a.round_trips} round trips x {a.rounds} rounds")
         rows = [m["p50"], m["p99"]]
-        interleaved(rows, cs, a.rounds, latency_round, bm.latency_figures)
+        interleaved(rows, joining("latency"), a.rounds, latency_round, bm.latency_figures)
     if "sessions" in todo:
         say(f"sessions: {a.sessions} idle")
-        each([m["held"], m["mem"]], cs, sessions)
+        each([m["held"], m["mem"]], joining("sessions"), sessions)
     if "handshakes" in todo:
         say(f"handshakes: {a.handshake_seconds} s each")
-        each([m["hs"]], cs, handshakes)
+        each([m["hs"]], joining("handshakes"), handshakes)
     if "startup" in todo:
         say(f"start-up: {a.startup_rounds} rounds")
-        each([m["start"]], cs, lambda c: [bm.startup(procs, c, a.startup_rounds)])
+        each([m["start"]], joining("startup"), lambda c: [bm.startup(procs, c, a.startup_rounds)])
 
 
 def workaround_cost(m: dict[str, Metric]) -> None:
@@ -325,18 +331,24 @@ def run_all(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, obj
             SUBJECT, "needs --workaround-off-flag FLAG (the CLI's switch)"
         )
     elif any(c.name == SUBJECT for c in live):
-        variant.append(ChardevBridge(setup, [args.workaround_off_flag], WORKAROUND_OFF))
-    run_contestants(live, variant, metrics, procs, data, args)
+        off = ChardevBridge(setup, [args.workaround_off_flag], WORKAROUND_OFF, joins=("bulk",))
+        variant.append(off)
+    run_contestants([*live, *variant], metrics, procs, data, args)
     names = [c.name for c in contestants]
     host = machine()
     print(", ".join(f"{k}: {v}" for k, v in host.items()))
     print(table(list(metrics.values()), names))
+    vs_floor = ratios_to(list(metrics.values()), FLOOR)
+    if vs_floor:
+        shown = ", ".join(f"{metrics[k].label} {v:.2f}" for k, v in vs_floor.items())
+        print(f"chardev-bridge / {FLOOR} (what the bridge adds to its stack): {shown}")
     return {
         "machine": host,
         "args": vars(args),
         "contestants": names,
         "far_side_connections": far_side_summary(far),
         "metrics": {k: m.as_json() for k, m in metrics.items()},
+        "ratios_to_floor": vs_floor,
     }
 
 

@@ -207,3 +207,63 @@ def test_close_notify_on_a_broken_connection_keeps_data_and_the_reason(
     else:
         assert client.read_plaintext() == b""
         assert client.ragged_eof
+
+
+async def _corrupt_record_from(client: TLSStream) -> None:
+    """Send the server one application record whose last byte (in its MAC/tag) is flipped."""
+    engine = client._engine
+    engine.write_plaintext(b"tampered", split_last=False)
+    wire = bytearray(engine.data_to_send())
+    wire[-1] ^= 0x01
+    await client.transport.send_all(wire)
+
+
+@pytest.mark.parametrize(
+    ("version", "alert_record"),
+    # TLS 1.2: a plain alert record under AES-GCM (8-byte nonce, 2 bytes, 16-byte tag).
+    # TLS 1.3: the alert travels as an encrypted application record (2 + 1 + 16 bytes).
+    [(ssl.TLSVersion.TLSv1_2, (0x15, 26)), (ssl.TLSVersion.TLSv1_3, (0x17, 19))],
+)
+async def test_bad_record_mac_is_answered_with_its_alert(
+    pki: PKI, version: ssl.TLSVersion, alert_record: tuple[int, int]
+) -> None:
+    server_ctx, client_ctx = contexts(pki)
+    client_ctx.maximum_version = version
+    client_end, server_end = trio.testing.memory_stream_pair()
+    client = TLSStream(client_end, client_ctx, server_side=False, server_hostname="localhost")
+    server = TLSStream(server_end, server_ctx, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    await _corrupt_record_from(client)
+    with pytest.raises(trio.BrokenResourceError, match="BAD_RECORD_MAC"):
+        await server.receive_some()
+    with trio.fail_after(2):
+        wire = await client_end.receive_some()
+    assert (wire[0], int.from_bytes(wire[3:5], "big")) == alert_record
+    assert len(wire) == 5 + alert_record[1]
+    await server.aclose()
+    # The alert was the last word: no close_notify follows a fatal error.
+    assert await client_end.receive_some() == b""
+    client._engine.receive_ciphertext(wire)
+    with pytest.raises(ssl.SSLError, match="ALERT_BAD_RECORD_MAC"):
+        client._engine.read_plaintext()
+
+
+async def test_alert_is_sent_when_the_error_comes_after_plaintext(pki: PKI) -> None:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    client, server = await handshaken_pair(pki, (client_end, server_end))
+    client._engine.write_plaintext(b"good", split_last=False)
+    good = client._engine.data_to_send()
+    client._engine.write_plaintext(b"tampered", split_last=False)
+    bad = bytearray(client._engine.data_to_send())
+    bad[-1] ^= 0x01
+    await client_end.send_all(good + bad)
+    assert await server.receive_some() == b"good"
+    with pytest.raises(trio.BrokenResourceError, match="BAD_RECORD_MAC"):
+        await server.receive_some()
+    with trio.fail_after(2):
+        wire = await client_end.receive_some()
+    client._engine.receive_ciphertext(wire)
+    with pytest.raises(ssl.SSLError, match="ALERT_BAD_RECORD_MAC"):
+        client._engine.read_plaintext()

@@ -250,10 +250,6 @@ class Bridge:
         try:
             await session.run()
         finally:
-            with trio.CancelScope(shield=True):
-                await remote.stream.aclose()
-                if not self.local.persistent:
-                    await local_stream.aclose()
             lasted = trio.current_time() - began
             level, again = logging.INFO, ""
             # Soon after a TLS 1.3 handshake, having said nothing, the server ended the
@@ -288,6 +284,13 @@ class Bridge:
                 elif count > 1:
                     again = f" ({count} times in a row)"
             self._last_rejection = stats.failure if rejected else None
+            # The slot is free before the peer can see the session end: a client that
+            # reconnects as soon as it sees our close must find the line free.
+            self._release(active)
+            with trio.CancelScope(shield=True):
+                await remote.stream.aclose()
+                if not self.local.persistent:
+                    await local_stream.aclose()
             _log_disconnect(remote, stats, lasted, level, again)
             active.done.set()
         return stats

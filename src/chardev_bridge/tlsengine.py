@@ -39,6 +39,9 @@ class TLSEngine:
         self.close_notify_received = False
         # True when the transport ended without the peer's close_notify (QEMU always does so).
         self.ragged_eof = False
+        # True once reading hit a fatal error: the session is over, its alert (if OpenSSL
+        # queued one) waits in data_to_send, and there is no close_notify to send.
+        self.failed = False
         self._deferred_error: ssl.SSLError | None = None
         # Plaintext decrypted before its read was asked for (see send_close_notify).
         self._decrypted = b""
@@ -101,6 +104,7 @@ class TLSEngine:
     def _decrypt(self, max_bytes: int) -> bytes | None:
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
+            self.failed = True
             raise error
         parts: list[bytes] = []
         size = 0
@@ -127,6 +131,7 @@ class TLSEngine:
                 break
             except ssl.SSLError as exc:
                 if not parts:
+                    self.failed = True
                     raise
                 self._deferred_error = exc
                 break
@@ -141,6 +146,19 @@ class TLSEngine:
         if self.close_notify_received or self.ragged_eof:
             return b""
         return None
+
+    def answer_post_handshake(self) -> None:
+        """Queue what records read so far oblige us to send (a TLS 1.3 KeyUpdate reply).
+
+        OpenSSL sends that reply only from inside a write; an empty write sends it and no
+        application record. A refused renegotiation's alert is queued by reading itself.
+        """
+        if not self.handshake_done or self.close_notify_sent or self.failed:
+            return
+        try:
+            self._ssl.write(b"")
+        except ssl.SSLError:
+            pass  # the read that follows reports what is wrong
 
     def write_plaintext(self, data: bytes | bytearray | memoryview, *, split_last: bool) -> None:
         """Encrypt ``data`` into records waiting in :meth:`data_to_send`.
@@ -166,6 +184,8 @@ class TLSEngine:
         if self.close_notify_sent:
             return
         self.close_notify_sent = True
+        if self.failed:
+            return
         # unwrap() calls SSL_shutdown() a second time, and that reads on in search of the
         # peer's close_notify: application data records already fed would be consumed and
         # lost, with APPLICATION_DATA_AFTER_CLOSE_NOTIFY. So they are decrypted first.

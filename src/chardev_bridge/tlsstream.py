@@ -20,6 +20,10 @@ TRANSPORT_READ = 256 * 1024
 # Plaintext encrypted and sent per step of a large send_all.
 SEND_PIECE = 128 * 1024
 
+# How long a fatal alert, or close_notify, may take to reach a peer that does not read: it
+# must not hold the session any longer.
+ALERT_SECONDS = 1.0
+
 
 class TLSHandshakeError(Exception):
     """The handshake failed; ``__cause__`` holds the ``ssl`` error (or transport error)."""
@@ -142,10 +146,16 @@ class TLSStream(trio.abc.HalfCloseableStream):
                         if len(plain) > limit:
                             self._pending_plaintext = plain[limit:]
                             plain = plain[:limit]
-                        # A record that reading produced (a TLS 1.3 KeyUpdate reply) goes out
-                        # with the next send: awaiting a send here could lose `plain` to a
-                        # cancellation, or block reading on a peer that does not read.
+                        # Records that reading produced go out before the next wait below:
+                        # awaiting a send now could lose `plain` to a cancellation.
                         return plain
+                    engine.answer_post_handshake()
+                    if engine.has_data_to_send and not self._transport_busy:
+                        # Reading produced records the peer may be waiting for (a refused
+                        # renegotiation's alert, a KeyUpdate reply) and we hold no plaintext:
+                        # send them now, not with our next application write. A send in
+                        # progress takes them along instead.
+                        await self._flush()
                     try:
                         data = await self.transport.receive_some(TRANSPORT_READ)
                     except trio.ClosedResourceError:
@@ -158,7 +168,17 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     else:
                         engine.receive_transport_eof()
             except ssl.SSLError as exc:
+                await self._send_fatal_alert()
                 raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def _send_fatal_alert(self) -> None:
+        """Put the alert OpenSSL queued for a fatal error (bad MAC, record overflow, an
+        unexpected message) on the wire, so that the peer learns why, not just that we
+        closed; bounded, and done even when the receive was being cancelled."""
+        if not self._engine.has_data_to_send or self._transport_broken:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(ALERT_SECONDS):
+            await self._flush_best_effort()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -247,16 +267,16 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._closed = True
         try:
             engine = self._engine
-            if (
-                engine.handshake_done
-                and not engine.close_notify_sent
-                and not self._transport_broken
-            ):
-                self._engine.send_close_notify()
+            if self._transport_broken:
+                return
+            if engine.handshake_done and not engine.close_notify_sent:
+                try:
+                    engine.send_close_notify()
+                except ssl.SSLError:
+                    pass  # a failed session has no close_notify; its alert still goes below
+            if engine.has_data_to_send:
                 # A peer that stopped reading must not hold up our close.
-                with trio.move_on_after(1):
+                with trio.move_on_after(ALERT_SECONDS):
                     await self._flush_best_effort()
-        except ssl.SSLError:
-            pass
         finally:
             await self.transport.aclose()

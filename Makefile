@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench soak clean
+.PHONY: install demo test lint bench soak soak-handshakes clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: $(STAMP)
 # 30 minutes of churn (not in CI): reconnects, bad connections, random payloads checked by sha256.
 soak: $(STAMP)
 	$(BIN)/python soak/soak.py --minutes 30
+
+# A listening bridge's memory over 100,000 TLS handshakes (not in CI, about 8 minutes).
+soak-handshakes: $(STAMP)
+	$(BIN)/python soak/handshakes.py --count 100000
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

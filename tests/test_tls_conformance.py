@@ -8,7 +8,9 @@ client receives, not just that the connection ended.
 
 from __future__ import annotations
 
+import socket
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,31 @@ async def test_client_reconnecting_as_soon_as_its_session_closed_is_never_refuse
             assert refused == 0, f"{refused} of 200 back-to-back sessions were refused"
             assert not [r for r in caplog.records if "refused" in r.getMessage()]
         nursery.cancel_scope.cancel()
+
+
+def _handshake_twice(port: int, ctx: ssl.SSLContext) -> tuple[bool, bool]:
+    """Two TLS 1.2 connections, the second offering the first's session; each is shut down
+    cleanly, as a well-behaved client does. Returns (ticket received, session resumed)."""
+    session = None
+    reused = False
+    for _ in range(2):
+        with socket.create_connection((HOST, port)) as tcp:
+            tls = ctx.wrap_socket(tcp, server_hostname=HOST, session=session)
+            reused = bool(tls.session_reused)
+            session = tls.session
+            tls.unwrap()
+    assert session is not None
+    return session.has_ticket, reused
+
+
+@pytest.mark.parametrize("offer_ticket", [True, False], ids=["ticket", "session-id"])
+async def test_listening_bridge_resumes_no_session(pki: PKI, offer_ticket: bool) -> None:
+    ctx = client_context(pki.client_dir)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if not offer_ticket:
+        ctx.options |= ssl.OP_NO_TICKET
+    cfg = replace(listening_bridge(pki), second_client="replace")
+    async with running_bridge(cfg) as ready:
+        ticket, reused = await trio.to_thread.run_sync(_handshake_twice, ready.ports[0], ctx)
+    assert not ticket
+    assert not reused

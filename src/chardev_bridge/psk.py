@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, Protocol, cast
 
+from chardev_bridge._resumption import disable_resumption
 from chardev_bridge.priority import TLS12_SUITES, TlsPriority
 from chardev_bridge.remote import TLSSetup
 from chardev_bridge.tlserrors import describe_tls_error, root_cause
@@ -377,8 +378,7 @@ def build_psk_setup(
                 ctx.load_dh_params(str(dh_params))
             except (OSError, ssl.SSLError) as exc:
                 raise CredentialError(f"Cannot load DH parameters {dh_params}: {exc}") from None
-        # As QEMU: no session tickets. A PSK session is authenticated by keys.psk only.
-        ctx.num_tickets = 0
+        disable_resumption(ctx)
         # Our suite order (forward-secret first) rather than the client's.
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
         _set_server_callback(ctx, route, _server_callback(keys, path))

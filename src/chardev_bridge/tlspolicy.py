@@ -17,6 +17,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from chardev_bridge._resumption import disable_resumption
 from chardev_bridge.authz import AuthzList, qemu_dn
 from chardev_bridge.priority import DEFAULT_PRIORITY, TlsPriority, apply_priority, check_negotiated
 
@@ -146,9 +147,8 @@ def make_ssl_context(policy: TLSPolicy) -> ssl.SSLContext:
     if creds.cert is not None and creds.key is not None:
         _load_cert_chain(ctx, creds.cert, creds.key, policy.key_password)
     if server:
-        # QEMU sends no session tickets; neither do we: no resumption to support, and each
-        # ticket costs the handshake time.
-        ctx.num_tickets = 0
+        if not disable_resumption(ctx):
+            log.debug("this Python cannot switch OpenSSL's server session cache off")
         if creds.dh_params is not None:
             _load_dh_params(ctx, creds.dh_params, policy.priority.text)
         # The CRL is checked after the handshake (check_peer), not by OpenSSL: only then is

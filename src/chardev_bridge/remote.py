@@ -41,6 +41,8 @@ class RemoteSession:
     peer: str
     tls: TLSSessionInfo | None = None
     peer_cert: PeerCert | None = None
+    # How long the TLS handshake took: the yardstick for how soon a rejection would come.
+    handshake_seconds: float = 0.0
 
     def describe(self) -> str:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=...`` or ``plain TCP``."""
@@ -101,14 +103,16 @@ async def start_session(
         prepare=tls.prepare,
         split_last_byte=tls.split_last_byte,
     )
+    began = trio.current_time()
     try:
         with trio.fail_after(handshake_timeout):
             info = await stream.do_handshake()
     except (TLSHandshakeError, trio.TooSlowError):
         await trio.aclose_forcefully(tcp)
         raise
+    took = trio.current_time() - began
     if tls.policy is None:
-        return RemoteSession(stream, peer, info)
+        return RemoteSession(stream, peer, info, handshake_seconds=took)
     try:
         cert = check_peer(
             tls.policy,
@@ -121,4 +125,4 @@ async def start_session(
         # Like QEMU: the handshake is over, so there is no alert to send; just close.
         await trio.aclose_forcefully(stream)
         raise
-    return RemoteSession(stream, peer, info, cert)
+    return RemoteSession(stream, peer, info, cert, handshake_seconds=took)

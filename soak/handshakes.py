@@ -8,11 +8,13 @@ printed every ``--every`` handshakes; the run fails when it grew by more than ``
 KiB after the warm-up.
 
     .venv/bin/python soak/handshakes.py --count 100000
+    .venv/bin/python soak/handshakes.py --count 100000 --psk    # TLS-PSK (keys.psk) instead
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import ssl
 import subprocess
@@ -43,12 +45,20 @@ def clients(client_dir: Path) -> list[ssl.SSLContext]:
     return contexts
 
 
+def psk_clients(keys_dir: Path) -> list[ssl.SSLContext]:
+    """A PSK client as the bridge makes one (sslpsk3 on Python < 3.13)."""
+    from chardev_bridge.psk import build_psk_setup
+
+    return [build_psk_setup(keys_dir, endpoint="client", username="qemu").context]
+
+
 def handshake(port: int, ctx: ssl.SSLContext) -> None:
     """One full handshake, closed with close_notify."""
     with socket.create_connection(("127.0.0.1", port)) as tcp:
         # Else Nagle holds our close_notify for the server's delayed ACK (40 ms).
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ctx.wrap_socket(tcp, server_hostname="127.0.0.1").unwrap()
+        hostname = "127.0.0.1" if ctx.check_hostname else None
+        ctx.wrap_socket(tcp, server_hostname=hostname).unwrap()
 
 
 def main() -> int:
@@ -57,19 +67,28 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=10_000)
     parser.add_argument("--max-growth", type=int, default=4096, help="KiB (default 4096)")
+    parser.add_argument("--psk", action="store_true", help="TLS-PSK instead of certificates")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        pki = make_pki(Path(tmp) / "pki")
+        if args.psk:
+            keys = Path(tmp) / "psk"
+            keys.mkdir()
+            (keys / "keys.psk").write_text(f"qemu:{os.urandom(32).hex()}\n")
+            (keys / "keys.psk").chmod(0o600)
+            creds = ["--tls-creds-psk", str(keys)]
+            contexts = psk_clients(keys)
+        else:
+            pki = make_pki(Path(tmp) / "pki")
+            creds = ["--tls-creds", str(pki.server_dir)]
+            contexts = clients(pki.client_dir)
         port = free_port()
         bridge = subprocess.Popen(
             [sys.executable, "-m", "chardev_bridge", "--server", "--host", "127.0.0.1",
-             "--port", str(port), "--tls-creds", str(pki.server_dir),
-             "--second-client", "replace", "-q"],
+             "--port", str(port), *creds, "--second-client", "replace", "-q"],
             env=ENV, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             time.sleep(1.5)
-            contexts = clients(pki.client_dir)
             start = time.monotonic()
             baseline = 0
             print(f"{'handshakes':>10} {'RSS KiB':>8} {'per s':>6}")

@@ -6,6 +6,8 @@ it these tests skip, except under ``CI=true``, where they fail: CI installs the 
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import os
 import re
@@ -571,3 +573,30 @@ async def test_tls_username_from_the_command_line_picks_the_key(
                 async with open_pty_client(ready.pty_path) as app:
                     assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
     assert f"connected to 127.0.0.1:{port}: {CLIENT_VERSION}" in caplog.text
+
+
+async def test_sslpsk3_registry_does_not_grow_with_connections(
+    keys_dir: Path, psk_route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(psk, "NATIVE_PSK", False)  # sslpsk3's route, on any Python
+    registry = importlib.import_module("sslpsk3.sslpsk3").psk_contexts
+    server = psk.build_psk_setup(keys_dir, endpoint="server")
+    client = psk.build_psk_setup(keys_dir, endpoint="client", username="alice")
+    listener, port = await open_listener()
+    gc.collect()  # earlier tests' connections leave the registry first
+    before = len(registry)
+    async with listener:
+        for _ in range(50):
+            async with trio.open_nursery() as nursery:
+                accepted: list[RemoteSession] = []
+
+                async def serve() -> None:
+                    accepted.append(await accept_one(listener, server))
+
+                nursery.start_soon(serve)
+                ours = await connect(port, client)
+            await ours.stream.aclose()
+            await accepted[0].stream.aclose()
+            del ours, accepted
+    gc.collect()
+    assert len(registry) == before

@@ -39,6 +39,7 @@ import os
 import ssl
 import stat
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, Protocol, cast
@@ -396,7 +397,7 @@ def build_psk_setup(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_REQUIRED
         _set_client_callback(ctx, route, _client_callback(name, keys[name]))
-    prepare = cast(_SslPskContext, ctx).setup_psk_callbacks if route == "sslpsk3" else None
+    prepare = _forgetting_prepare(cast(_SslPskContext, ctx)) if route == "sslpsk3" else None
     return TLSSetup(
         context=ctx,
         server_side=server,
@@ -405,6 +406,26 @@ def build_psk_setup(
         crl=None,
         prepare=prepare,
     )
+
+
+def _forgetting_prepare(ctx: _SslPskContext) -> Callable[[ssl.SSLObject], None]:
+    """sslpsk3's per-connection set-up, plus the clean-up it lacks.
+
+    sslpsk3 files every connection's context in a module dict keyed by its ``SSL *`` and
+    never removes it: a server running for months would keep one entry per address ever
+    used. The entry this connection added is removed when its ``SSLObject`` is freed, which
+    happens before OpenSSL frees the ``SSL *`` (so before the address can be used again).
+    """
+    registry: dict[int, object] = importlib.import_module("sslpsk3.sslpsk3").psk_contexts
+
+    def prepare(obj: ssl.SSLObject) -> None:
+        known = len(registry)
+        ctx.setup_psk_callbacks(obj)
+        if len(registry) > known:
+            # Dicts keep insertion order: the last key is the one just added.
+            weakref.finalize(obj, registry.pop, next(reversed(registry)), None)
+
+    return prepare
 
 
 def _set_client_callback(ctx: ssl.SSLContext, route: str, callback: ClientCallback) -> None:

@@ -1,0 +1,217 @@
+"""Errors a newcomer meets, each one line naming the cause, the path or address and the fix,
+with the exit status it comes with: real ``python -m chardev_bridge`` processes against
+listeners, TLS servers and QEMU on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from chardev_bridge import pki as pkimod
+from tests.peers import require_tool
+from tests.sessionkit import (
+    ENV,
+    HOST,
+    cli_bridge,
+    free_port,
+)
+from tests.test_cli_contract import LINE, bridge_cmd
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m chardev_bridge ARGS`` to its end."""
+    return subprocess.run(
+        bridge_cmd(*args),
+        env=ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def messages(stderr: str) -> list[str]:
+    """The log messages of a bridge's stderr, without their timestamps."""
+    return [line.split(LINE, 1)[1] for line in stderr.splitlines() if LINE in line]
+
+
+@pytest.fixture
+def pki_root(tmp_path: Path) -> Path:
+    """A directory as `creds init` makes it."""
+    root = tmp_path / "pki"
+    pkimod.init_pki(root)
+    return root
+
+
+# -- credentials given for the wrong role, or not at all -----------------------------------
+
+
+@pytest.mark.parametrize(("listen", "role"), [(True, "server"), (False, "client")])
+def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
+    pki_root: Path, listen: bool, role: str
+) -> None:
+    args = ["--server", "--port", "0"] if listen else ["--host", HOST, "--port", str(free_port())]
+    proc = run(*args, "--tls-creds", str(pki_root))
+    assert proc.returncode == 1, proc.stderr
+    why = "it listens: --server" if listen else "it connects: no --server"
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root} is the root that `creds init` made, not a credentials"
+        f" directory: as the TLS {role} ({why}) this bridge needs --tls-creds {pki_root / role}"
+    ]
+    assert "Unable to access credentials" not in proc.stderr
+
+
+def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connects(
+    pki_root: Path,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(4)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(pki_root / "server"))
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert proc.returncode == 1
+    assert proc.stdout == ""  # no pty was made either
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root}/server holds server credentials (server-cert.pem,"
+        " server-key.pem), not client ones: it has no client-cert.pem or client-key.pem; this"
+        " bridge is the TLS client (it connects: no --server): give it client credentials"
+        f" (--tls-creds {pki_root}/client), or make it the TLS server with --tls-endpoint server"
+    ]
+
+
+def test_client_credentials_on_a_listening_bridge_name_only_the_files_the_server_needs(
+    pki_root: Path,
+) -> None:
+    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "client"))
+    assert proc.returncode == 1
+    [line] = messages(proc.stderr)
+    assert line == (
+        f"--tls-creds {pki_root}/client holds client credentials (client-cert.pem,"
+        " client-key.pem), not server ones: it has no server-cert.pem or server-key.pem; this"
+        " bridge is the TLS server (it listens: --server): give it server credentials"
+        f" (--tls-creds {pki_root}/server), or make it the TLS client with --tls-endpoint client"
+    )
+    # Optional files (dh-params.pem, ca-crl.pem) are nobody's problem here.
+    assert "dh-params" not in line and "ca-crl" not in line
+
+
+def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(pki_root: Path) -> None:
+    proc = run("creds", "check", str(pki_root / "server"), "--endpoint", "client")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"error: {pki_root}/server holds server credentials (server-cert.pem, server-key.pem),"
+        " not client ones: it has no client-cert.pem or client-key.pem; check it with"
+        " --endpoint server, or check the client dir"
+    ]
+    # The right endpoint still passes.
+    assert run("creds", "check", str(pki_root / "server"), "--endpoint", "server").returncode == 0
+
+
+@pytest.fixture
+def world_readable_pki() -> Iterator[Path]:
+    """A `creds init` root outside pytest's private tmp dir, for a process with fewer rights."""
+    base = Path(tempfile.mkdtemp(prefix="chardev-bridge-perm-"))
+    base.chmod(0o755)
+    try:
+        pkimod.init_pki(base / "pki")
+        yield base / "pki"
+    finally:
+        shutil.rmtree(base)
+
+
+def test_an_unreadable_key_is_named_with_the_read_permission_that_is_missing(
+    world_readable_pki: Path,
+) -> None:
+    setpriv = require_tool("setpriv")
+    key = world_readable_pki / "server" / "server-key.pem"
+    if os.geteuid() == 0:
+        # root reads every file: take that right away, so that owner and mode decide.
+        os.chown(key, 65534, 65534)
+        wrap = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    else:
+        key.chmod(0)
+        wrap = []
+    proc = subprocess.run(
+        [*wrap, *bridge_cmd("--server", "--port", "0", "--tls-creds", str(key.parent))],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    [line] = messages(proc.stderr)
+    mode = "0600" if os.geteuid() == 0 else "0000"
+    assert line.startswith(f"Cannot load certificate '{key.parent}/server-cert.pem' & key '{key}':")
+    assert re.search(
+        rf"Permission denied: {re.escape(str(key))} is mode {mode}, owner \S+, and this process"
+        r" runs as \S+, which lacks read permission on it: make it readable by \S+",
+        line,
+    ), line
+
+
+# -- creds init ----------------------------------------------------------------------------
+
+
+def test_creds_init_with_a_hostname_keeps_the_default_loopback_ips(tmp_path: Path) -> None:
+    proc = run("creds", "init", str(tmp_path / "pki"), "--hostname", "localhost")
+    assert proc.returncode == 0, proc.stderr
+    pem = (tmp_path / "pki" / "server" / "server-cert.pem").read_bytes()
+    san = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert san.value.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)] == [
+        "127.0.0.1",
+        "::1",
+    ]
+
+
+def test_creds_init_prints_absolute_qemu_paths_and_the_bridge_command_for_each_role(
+    tmp_path: Path,
+) -> None:
+    proc = run("creds", "init", "pki", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path.resolve() / "pki"
+    assert proc.stdout.splitlines() == [
+        f"created {root}/ca (keep ca-key.pem private)",
+        f"created {root}/server: the TLS server's credentials",
+        f"  QEMU:   -object tls-creds-x509,id=tls0,dir={root}/server,endpoint=server",
+        f"  bridge: chardev-bridge --server --tls-creds {root}/server",
+        f"created {root}/client: the TLS client's credentials",
+        f"  QEMU:   -object tls-creds-x509,id=tls0,dir={root}/client,endpoint=client",
+        f"  bridge: chardev-bridge --host localhost --tls-creds {root}/client",
+    ]
+
+
+async def test_the_bridge_commands_creds_init_prints_work_together(tmp_path: Path) -> None:
+    proc = run("creds", "init", "pki", cwd=tmp_path)
+    commands = [
+        line.split("bridge: chardev-bridge ", 1)[1].split()
+        for line in proc.stdout.splitlines()
+        if "bridge: " in line
+    ]
+    server_args, client_args = commands
+    with trio.fail_after(30):
+        async with cli_bridge([*server_args, "--host", HOST, "--port", "0"]) as server:
+            port = await server.port()
+            client = [*client_args, "--port", str(port)]
+            async with cli_bridge(client, name="client") as bridge:
+                await bridge.wait_for(rf"{LINE}connected to \S+:{port}: TLSv1\.3 .*'CN=localhost'$")

@@ -19,14 +19,18 @@ import trio
 from cryptography import x509
 
 from chardev_bridge import pki as pkimod
-from tests.peers import require_tool
+from tests.conftest import PKI, make_pki
+from tests.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
 from tests.sessionkit import (
     ENV,
     HOST,
+    TlsServer,
     cli_bridge,
     free_port,
+    open_pty_app,
+    server_context,
 )
-from tests.test_cli_contract import LINE, bridge_cmd
+from tests.test_cli_contract import LINE, bridge_cmd, exit_status, expect_failed_handshake
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 
@@ -215,3 +219,138 @@ async def test_the_bridge_commands_creds_init_prints_work_together(tmp_path: Pat
             client = [*client_args, "--port", str(port)]
             async with cli_bridge(client, name="client") as bridge:
                 await bridge.wait_for(rf"{LINE}connected to \S+:{port}: TLSv1\.3 .*'CN=localhost'$")
+
+
+# -- what the session's end says -----------------------------------------------------------
+
+
+@pytest.fixture
+def qemu_dirs(pki: PKI) -> PKI:
+    """The test PKI with DH parameters in the server dir: QEMU starts without generating them."""
+    (pki.server_dir / "dh-params.pem").write_bytes(pkimod.dh_params_pem())
+    return pki
+
+
+def qemu_tls_monitor(server_dir: Path, *extra: str, authz: str | None = None) -> Qemu:
+    """QEMU serving a QMP monitor on a TLS server chardev (its port: ``.port("mon0")``)."""
+    return Qemu(
+        [
+            *extra,
+            *tls_creds_args("tls0", str(server_dir), "server"),
+            *tls_monitor_args("mon0", "tls0", authz=authz),
+        ]
+    )
+
+
+@pytest.mark.interop
+def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
+    qemu_dirs: PKI, tmp_path: Path
+) -> None:
+    require_qemu()
+    bare = tmp_path / "ca-only"
+    bare.mkdir()
+    shutil.copy(qemu_dirs.client_dir / "ca-cert.pem", bare)
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+        port = qemu.port("mon0")
+        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(bare), "-q")
+    assert proc.returncode == 1
+    assert "rejected our client certificate" not in proc.stderr
+    assert messages(proc.stderr)[-1].endswith(
+        "remote failed: the server closed the connection right after the handshake without a"
+        " TLS alert: it probably requires a client certificate, and we sent none"
+        f" ({bare} has no client-cert.pem and client-key.pem)"
+    ), proc.stderr
+
+
+@pytest.mark.interop
+async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_tls(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu, trio.fail_after(30):
+        port = qemu.port("mon0")
+        async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+            pty_path = await bridge.pty_path()
+            await bridge.wait_for(rf"{LINE}connected to 127\.0\.0\.1:{port}: plain TCP$")
+            app = open_pty_app(pty_path)
+            await app.send_all(b"help\r\n")
+            assert await exit_status(bridge) == 1
+            await app.aclose()
+    assert messages(bridge.log())[-1].endswith(
+        "; remote failed: the peer reset the connection right after our first bytes, having"
+        " sent nothing: it may expect TLS (a QEMU chardev with tls-creds): give --tls-creds DIR"
+    ), bridge.log()
+
+
+async def test_a_hostname_mismatch_suggests_tls_hostname(tmp_path: Path) -> None:
+    dns_only = make_pki(tmp_path / "dns-only", server_names=("localhost",))
+    server = TlsServer(server_context(dns_only.server_dir))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await server.start(nursery)
+            args = ["--host", HOST, "--port", str(server.port)]
+            async with cli_bridge([*args, "--tls-creds", str(dns_only.client_dir)]) as bridge:
+                await expect_failed_handshake(server)
+                assert await exit_status(bridge) == 1
+            nursery.cancel_scope.cancel()
+    last = messages(bridge.log())[-1]
+    assert last.startswith(f"cannot connect to 127.0.0.1:{server.port}: the peer's certificate")
+    assert last.endswith(
+        "; if it names this server otherwise (e.g. localhost for 127.0.0.1), give that name"
+        " with --tls-hostname NAME (`creds check` on its directory lists its names)"
+    ), last
+
+
+async def test_a_refused_connection_is_the_last_line_after_the_pty_and_suggests_reconnect() -> None:
+    port = free_port()
+    with trio.fail_after(30):
+        async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+            assert (await bridge.pty_path()).startswith("/dev/pts/")
+            assert await exit_status(bridge) == 1
+    assert messages(bridge.log())[-1] == (
+        f"cannot connect to 127.0.0.1:{port}: connection refused: nothing listens there yet"
+        " (with --reconnect SECONDS the bridge retries until something does)"
+    )
+
+
+@pytest.mark.interop
+def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_time(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
+    command = b'{"execute":"qmp_capabilities"}\r\n'
+    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        # stdin's EOF and QEMU's verdict race: which one the bridge sees first varies.
+        for attempt in range(20):
+            proc = subprocess.run(
+                bridge_cmd(*args, "--local", "stdio", "-q"),
+                env=ENV,
+                input=command,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            err = proc.stderr.decode()
+            assert proc.returncode == 1, (attempt, err)
+            assert "it probably rejected our client certificate" in messages(err)[-1], err
+
+
+@pytest.mark.interop
+def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> None:
+    require_qemu()
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        proc = subprocess.run(
+            bridge_cmd(*args, "--local", "stdio"),
+            env=ENV,
+            input=b'{"execute":"qmp_capabilities"}\r\n',
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b'{"QMP": {"version"')

@@ -354,3 +354,81 @@ def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> No
         )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.startswith(b'{"QMP": {"version"')
+
+
+# -- start-up failures Python would word as [Errno N] ----------------------------------------
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as other:
+        other.bind((HOST, 0))
+        other.listen(1)
+        yield other.getsockname()[1]
+
+
+def test_a_listening_bridge_on_a_busy_port_names_the_address_and_what_to_do(busy_port: int) -> None:
+    proc = run("--server", "--host", HOST, "--port", str(busy_port))
+    assert proc.returncode == 1
+    assert messages(proc.stderr)[-1] == (
+        f"--host {HOST} --port {busy_port}: cannot listen on {HOST}:{busy_port}: address already"
+        " in use: another process (another bridge? QEMU?) listens there;"
+        f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
+    )
+    assert "[Errno" not in proc.stderr
+
+
+def test_a_busy_local_tcp_listen_address_names_the_local_option(busy_port: int) -> None:
+    proc = run("--port", str(free_port()), "--local", f"tcp-listen:{HOST}:{busy_port}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tcp-listen:{HOST}:{busy_port}: cannot listen on {HOST}:{busy_port}: address"
+        " already in use: another process (another bridge? QEMU?) listens there;"
+        f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
+    ]
+
+
+def test_a_missing_pty_for_a_tty_local_end_says_ptys_live_with_their_program() -> None:
+    missing = "/dev/pts/99999"
+    assert not os.path.exists(missing)
+    proc = run("--port", str(free_port()), "--local", f"tty:{missing}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tty:{missing}: {missing} does not exist: a pty lives only as long as the"
+        " program that made it (QEMU prints 'char device redirected to /dev/pts/N');"
+        " `ls /dev/pts` lists those there are"
+    ]
+
+
+def test_a_tty_local_end_that_is_a_unix_socket_suggests_unix(tmp_path: Path) -> None:
+    path = tmp_path / "qemu.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        proc = run("--port", str(free_port()), "--local", f"tty:{path}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tty:{path}: {path} is not a terminal device (a tty); it is a unix socket:"
+        f" use --local unix:{path}"
+    ]
+
+
+def test_a_link_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    link = tmp_path / "no-such-dir" / "console"
+    proc = run("--port", str(free_port()), "--link", str(link))
+    assert proc.returncode == 1
+    assert re.fullmatch(
+        rf"--link {re.escape(str(link))}: cannot link it to /dev/pts/\d+: the folder"
+        rf" {re.escape(str(link.parent))} does not exist \(create it, or link elsewhere\)",
+        messages(proc.stderr)[-1],
+    ), proc.stderr
+    assert ".console." not in proc.stderr  # not the temporary name nobody asked for
+
+
+def test_a_bare_device_path_for_local_suggests_tty_in_one_line() -> None:
+    proc = run("--local", "/dev/pts/3")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "chardev-bridge: error: argument --local: '/dev/pts/3' is a path: for this terminal"
+        " device write --local tty:/dev/pts/3 (see chardev-bridge --help)"
+    ]

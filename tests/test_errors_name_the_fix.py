@@ -5,6 +5,7 @@ listeners, TLS servers and QEMU on 127.0.0.1.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import trio
 from cryptography import x509
 
 from chardev_bridge import pki as pkimod
+from chardev_bridge.cli import build_parser
+from chardev_bridge.creds_cli import _parser as creds_parser
 from tests.conftest import PKI, make_pki
 from tests.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
 from tests.sessionkit import (
@@ -432,3 +435,79 @@ def test_a_bare_device_path_for_local_suggests_tty_in_one_line() -> None:
         "chardev-bridge: error: argument --local: '/dev/pts/3' is a path: for this terminal"
         " device write --local tty:/dev/pts/3 (see chardev-bridge --help)"
     ]
+
+
+# -- --help, README and packaging ----------------------------------------------------------
+
+
+def test_help_tells_creds_subcommands_output_exit_codes_sigterm_and_backoff() -> None:
+    text = build_parser().format_help()
+    usage = text.split("\n\n", 1)[0]
+    assert "chardev-bridge creds {init,issue,check,revoke}" in usage
+    for words in (
+        "creds init DIR",
+        "creds issue DIR",
+        "creds check DIR",
+        "creds revoke DIR",
+        '"pty: /dev/pts/N" is printed on stdout',
+        "retries start after SECONDS and double up to --reconnect-max",
+        "SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight",
+        "exit status:\n  0 ",
+        "\n  1  a start-up error",
+        "\n  2  a command line error",
+    ):
+        assert words in text, words
+
+
+def _options(parser: object) -> set[str]:
+    return {
+        opt
+        for action in parser._actions  # type: ignore[attr-defined]
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--version")
+    }
+
+
+def test_every_creds_option_has_help_text_and_is_in_the_readme() -> None:
+    [subcommands] = [
+        a for a in creds_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ]
+    for name, sub in subcommands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.option_strings[0] != "-h":
+                assert action.help, f"creds {name} {action.option_strings[0]} has no help"
+        for option in _options(sub):
+            assert re.search(rf"creds {name} .*{re.escape(option)}\b", README), (name, option)
+
+
+def test_every_bridge_option_is_in_the_readme() -> None:
+    missing = [opt for opt in sorted(_options(build_parser())) if f"`{opt}" not in README]
+    assert missing == []
+
+
+def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
+    port = str(free_port())
+    args = ["--host", HOST, "--port", port, "--tls-creds", str(pki.client_dir)]
+    quiet, verbose = run(*args), run(*args, "-v")
+    assert "TLS priority" not in quiet.stderr
+    assert "TLS priority (default), from built-in default" in verbose.stderr
+
+
+def test_pyproject_license_is_an_spdx_string_and_install_says_how_to_reach_the_command() -> None:
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    make = require_tool("make")
+    # -o: take the venv as it is; only the install target's own words run.
+    out = subprocess.run(
+        [make, "-s", "-o", ".venv/.installed", "install"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "run .venv/bin/chardev-bridge, or put it on PATH" in out
+    assert f'export PATH="{root}/.venv/bin:$PATH"' in out and "pipx install ." in out

@@ -342,6 +342,30 @@ def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_t
 
 
 @pytest.mark.interop
+async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last_line(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
+    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        with trio.fail_after(30):
+            async with cli_bridge([*args, "-q"]) as bridge:
+                assert (await bridge.pty_path()).startswith("/dev/pts/")
+                assert await exit_status(bridge) == 1
+    cert = qemu_dirs.client_dir / "client-cert.pem"
+    [line] = messages(bridge.log())  # -q: the error alone, after the pty line on stdout
+    assert re.fullmatch(
+        rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 0 bytes sent, 0 bytes received;"
+        r" remote failed: the server closed the connection right after the handshake without"
+        rf" a TLS alert: it probably rejected our client certificate {re.escape(str(cert))}"
+        r" \(QEMU does this when the certificate fails verification or tls-authz\)",
+        line,
+    ), line
+
+
+@pytest.mark.interop
 def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> None:
     require_qemu()
     with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:

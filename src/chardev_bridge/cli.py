@@ -443,7 +443,11 @@ def _describe_start_error(exc: OSError, args: argparse.Namespace) -> str:
     local: LocalSpec = args.local
     if local.kind == "tty" and exc.filename == local.path:
         return _describe_tty_error(exc, local.path)
-    if args.server and exc.filename is None and exc.errno is not None:
+    binding = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    code = exc.errno
+    if args.server and exc.filename is None and code is not None and (code in binding or code < 0):
+        # The local end names its own failures (StartError, or the path); an address
+        # error without one is the remote listener's. A negative errno: getaddrinfo's.
         option = f"--host {args.host} --port {args.port}"
         return describe_listen_error(exc, option, args.host, args.port)
     return str(exc)

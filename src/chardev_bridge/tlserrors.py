@@ -127,10 +127,11 @@ def describe_tls_error(exc: BaseException) -> str:
         if code in (62, 64):  # hostname / IP address mismatch
             # Typically --host 127.0.0.1 against a certificate for localhost: the name the
             # certificate carries is what --tls-hostname is for.
+            mismatch = (cause.verify_message or "").rstrip(".")
             return (
-                f"the peer's certificate does not match the expected name: {cause.verify_message}"
-                "; if it names this server otherwise (e.g. localhost for 127.0.0.1), give that"
-                " name with --tls-hostname NAME (`creds check` on its directory lists its names)"
+                f"the peer's certificate does not match the expected name: {mismatch}; if it"
+                " names this server otherwise (e.g. localhost for 127.0.0.1), give that name"
+                " with --tls-hostname NAME (`creds check` on its directory lists its names)"
             )
         words = _VERIFY.get(code, cause.verify_message or "verification failed")
         return f"the peer's certificate was rejected: {words}"

@@ -82,6 +82,23 @@ def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
     assert "Unable to access credentials" not in proc.stderr
 
 
+def test_a_missing_credentials_directory_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-pki"
+    proc = run("--server", "--port", "0", "--tls-creds", str(missing))
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [f"--tls-creds {missing}: no such directory"]
+
+
+def test_the_ca_directory_is_refused_keeping_its_key_off_the_bridge(pki_root: Path) -> None:
+    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "ca"))
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root}/ca is the CA directory `creds init` made (it holds the CA's"
+        " private key; keep it off the bridge): as the TLS server (it listens: --server) this"
+        f" bridge needs --tls-creds {pki_root}/server"
+    ]
+
+
 def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connects(
     pki_root: Path,
 ) -> None:

@@ -73,6 +73,15 @@ def check_layout(directory: Path, cfg: BridgeConfig) -> None:
     """
     endpoint = cfg.endpoint
     role = f"the TLS {endpoint} ({_role_source(cfg)})"
+    if not directory.is_dir():
+        # One line for the directory, not one per file QEMU would have looked for.
+        raise CredentialError(f"--tls-creds {directory}: no such directory")
+    if (directory / "ca-key.pem").exists() and is_init_root(directory.parent):
+        raise CredentialError(
+            f"--tls-creds {directory} is the CA directory `creds init` made (it holds the CA's"
+            f" private key; keep it off the bridge): as {role} this bridge needs --tls-creds"
+            f" {directory.parent / endpoint}"
+        )
     if is_init_root(directory):
         raise CredentialError(
             f"--tls-creds {directory} is the root that `creds init` made, not a credentials"

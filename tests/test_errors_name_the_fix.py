@@ -298,8 +298,34 @@ async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_t
             await app.aclose()
     assert messages(bridge.log())[-1].endswith(
         "; remote failed: the peer reset the connection right after our first bytes, having"
-        " sent nothing: it may expect TLS (a QEMU chardev with tls-creds): give --tls-creds DIR"
+        " sent nothing: it may expect TLS (a QEMU chardev with tls-creds, a bridge with"
+        " --tls-creds): give --tls-creds DIR"
     ), bridge.log()
+
+
+async def test_a_tls_bridge_closing_on_our_plain_bytes_gets_the_tls_hint(pki: PKI) -> None:
+    listening = ["--server", "--host", HOST, "--port", "0", "--tls-creds", str(pki.server_dir)]
+    with trio.fail_after(30):
+        async with cli_bridge(listening, name="TLS server") as server:
+            port = await server.port()
+            async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+                app = open_pty_app(await bridge.pty_path())
+                await app.send_all(b"hello\n")
+                await server.wait_for(r"TLS handshake with .* failed: not TLS")
+                # A close is the server's to make: the hint, but no failure.
+                assert await exit_status(bridge) == 0
+                await app.aclose()
+    disconnected, hint = messages(bridge.log())[-2:]
+    assert re.fullmatch(
+        rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 6 bytes sent, 0 bytes"
+        r" received; remote closed",
+        disconnected,
+    ), disconnected
+    assert hint == (
+        "the peer closed the connection right after our first bytes, having sent nothing: it"
+        " may expect TLS (a QEMU chardev with tls-creds, a bridge with --tls-creds): give"
+        " --tls-creds DIR"
+    )
 
 
 async def test_a_hostname_mismatch_suggests_tls_hostname(tmp_path: Path) -> None:

@@ -276,6 +276,7 @@ class Bridge:
                     await local_stream.aclose()
             lasted = trio.current_time() - began
             level, again = logging.INFO, ""
+            plain_hint: str | None = None
             # Soon after a TLS 1.3 handshake, having said nothing, the server ended the
             # connection: it checked our certificate and said no, with an alert (OpenSSL, a
             # listening bridge) or with a bare close or reset (QEMU; a reset when our bytes
@@ -300,18 +301,15 @@ class Bridge:
                     # The server threw them away unread: the next session sends them again.
                     replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
                     self.carry.pending = memoryview(replay)
-            elif (
-                tls is None
-                and not self.cfg.listen
-                and stats.to_local == 0
-                and stats.to_remote > 0
-                and stats.failed_side == "remote"
-                and stats.failure in (PEER_RESET, PEER_CLOSED)
-            ):
+            elif tls is None and not self.cfg.listen and stats.to_local == 0 and stats.to_remote:
                 # A TLS server meeting bytes that are no TLS handshake drops the connection:
-                # the usual result of a forgotten --tls-creds.
-                stats.failure = describe_plain_rejection(stats.failure)
-                level = logging.ERROR
+                # the usual result of a forgotten --tls-creds. A reset is a failure; a plain
+                # close may be a server's choice, so that only gets the hint.
+                if stats.failed_side == "remote" and stats.failure in (PEER_RESET, PEER_CLOSED):
+                    stats.failure = describe_plain_rejection(stats.failure)
+                    level = logging.ERROR
+                elif stats.failure is None and stats.remote_eof and not stats.local_eof:
+                    plain_hint = describe_plain_rejection("the peer closed the connection")
             if stats.failure is not None and not self.cfg.listen and self.cfg.reconnect is None:
                 # A one-shot bridge exits 1 for this: it is the error, also under -q.
                 level = logging.ERROR
@@ -326,6 +324,8 @@ class Bridge:
             self._last_rejection = stats.failure if rejected else None
             self._session_failure = stats.failure
             _log_disconnect(remote, stats, lasted, level, again)
+            if plain_hint is not None:
+                log.warning("%s", plain_hint)
             active.done.set()
         return stats
 

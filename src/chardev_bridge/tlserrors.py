@@ -43,7 +43,7 @@ def describe_plain_rejection(failure: str) -> str:
     having sent nothing: a TLS server meeting bytes that are not a TLS handshake does that."""
     return (
         f"{failure} right after our first bytes, having sent nothing: it may expect TLS"
-        " (a QEMU chardev with tls-creds): give --tls-creds DIR"
+        " (a QEMU chardev with tls-creds, a bridge with --tls-creds): give --tls-creds DIR"
     )
 
 

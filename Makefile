@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test lint bench soak soak-handshakes clean
 
 install: $(STAMP)
+	@echo "chardev-bridge is installed in $(BIN)/: run $(BIN)/chardev-bridge, or put it on PATH"
+	@echo "  with: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\"   (or install it for your user: pipx install .)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -430,7 +430,9 @@ async def test_connecting_bridge_refuses_a_server_certificate_for_another_name(
     assert code == 1
     assert log_lines(info_logs, "^cannot connect") == [
         f"cannot connect to 127.0.0.1:{server.port}: the peer's certificate does not match the"
-        " expected name: IP address mismatch, certificate is not valid for '127.0.0.1'."
+        " expected name: IP address mismatch, certificate is not valid for '127.0.0.1'; if it"
+        " names this server otherwise (e.g. localhost for 127.0.0.1), give that name with"
+        " --tls-hostname NAME (`creds check` on its directory lists its names)"
     ]
 
 

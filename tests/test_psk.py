@@ -587,13 +587,13 @@ async def test_sslpsk3_registry_does_not_grow_with_connections(
     before = len(registry)
     async with listener:
         for _ in range(50):
+            accepted: list[RemoteSession] = []
+
+            async def serve(into: list[RemoteSession]) -> None:
+                into.append(await accept_one(listener, server))
+
             async with trio.open_nursery() as nursery:
-                accepted: list[RemoteSession] = []
-
-                async def serve() -> None:
-                    accepted.append(await accept_one(listener, server))
-
-                nursery.start_soon(serve)
+                nursery.start_soon(serve, accepted)
                 ours = await connect(port, client)
             await ours.stream.aclose()
             await accepted[0].stream.aclose()

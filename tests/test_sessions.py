@@ -25,6 +25,7 @@ from chardev_bridge import datapath
 from chardev_bridge.backoff import Backoff, RepeatFilter
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
+from chardev_bridge.tlserrors import REFUSED
 from tests.bridges import read_exactly, read_until, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (
@@ -159,10 +160,7 @@ async def test_a_peer_down_for_long_costs_a_logarithmic_number_of_log_lines(
     errors = log_lines(caplog, r"^cannot connect to ")
     assert attempts >= 40, caplog.text
     assert len(errors) in (attempts.bit_length(), (attempts + 1).bit_length()), errors
-    assert (
-        errors[0]
-        == f"cannot connect to 127.0.0.1:{port}: connection refused (nothing listens there?)"
-    )
+    assert errors[0] == f"cannot connect to 127.0.0.1:{port}: {REFUSED}"
     assert errors[-1].endswith(f"({2 ** (len(errors) - 1)} times in a row)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -22,11 +23,18 @@ from chardev_bridge.fdqueue import unread_bytes
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.local.stdio import StdioEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.socketstream import DirectSocketStream
 from chardev_bridge.tlsconfig import build_tls_setup
-from chardev_bridge.tlserrors import PEER_CLOSED, PEER_RESET, describe_tls_error
+from chardev_bridge.tlserrors import (
+    PEER_CLOSED,
+    PEER_RESET,
+    describe_plain_rejection,
+    describe_quick_rejection,
+    describe_tls_error,
+)
 from chardev_bridge.tlspolicy import PeerRejected
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
 from chardev_bridge.trafficlog import TrafficLog
@@ -58,13 +66,6 @@ def replay_window(handshake_seconds: float) -> float:
     :data:`REPLAY_WINDOW_FLOOR`, at most :data:`_QUICK_REJECT_SECONDS`."""
     window = max(REPLAY_WINDOW_FLOOR, REPLAY_WINDOW_HANDSHAKES * handshake_seconds)
     return min(window, _QUICK_REJECT_SECONDS)
-
-
-_PROBABLY_REJECTED = (
-    "the server closed the connection right after the handshake without a TLS alert: it"
-    " probably rejected our client certificate (QEMU does this when the certificate fails"
-    " verification or tls-authz)"
-)
 
 
 # A session that lasted this long resets the reconnect backoff.
@@ -170,6 +171,8 @@ class Bridge:
         self._dropped_while_idle = 0
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
+        # Why the last session failed (None: it ended cleanly, or none ran).
+        self._session_failure: str | None = None
         self._scrollback_loss_logged = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -192,6 +195,10 @@ class Bridge:
                 else:
                     task_status.started(ready)
                     code = await self._connect()
+                    if self._session_failure is not None and not self.stopping:
+                        # The local end may have ended (stdin EOF) in the same moment as the
+                        # session failed; which came first must not decide the exit status.
+                        code = 1
                 await self._deliver_scrollback()
                 nursery.cancel_scope.cancel()
         return code
@@ -249,9 +256,18 @@ class Bridge:
             and remote.tls is not None
             and remote.tls.version == "TLSv1.3"
         )
+        remote_stream: trio.abc.Stream = remote.stream
+        hold: _EofAfterVerdict | None = None
+        if rejectable and (isinstance(self.local, StdioEnd) or not self.local.persistent):
+            # A local end that can reach EOF at once (piped stdin) would otherwise send our
+            # close_notify before the server's verdict arrives, and its close would read as
+            # an answer to that: a failed session exiting 0.
+            hold = remote_stream = _EofAfterVerdict(
+                remote.stream, trio.current_time() + replay_window(remote.handshake_seconds)
+            )
         session = Session(
             local_stream,
-            remote.stream,
+            remote_stream,
             local_persistent=self.local.persistent,
             carry=self.carry if self.local.persistent else Carry(),
             idle_timeout=self.cfg.idle_timeout,
@@ -265,11 +281,14 @@ class Bridge:
             session.drain("bridge shutting down")
         began = trio.current_time()
         stats = session.stats
+        if hold is not None:
+            hold.settled = lambda: bool(stats.to_local or stats.remote_eof or stats.failure)
         try:
             await session.run()
         finally:
             lasted = trio.current_time() - began
             level, again = logging.INFO, ""
+            plain_hint: str | None = None
             # Soon after a TLS 1.3 handshake, having said nothing, the server ended the
             # connection: it checked our certificate and said no, with an alert (OpenSSL, a
             # listening bridge) or with a bare close or reset (QEMU; a reset when our bytes
@@ -279,20 +298,33 @@ class Bridge:
                 and stats.to_local == 0
                 and lasted < _QUICK_REJECT_SECONDS
                 and stats.failed_side in (None, "remote")
-                and not stats.local_eof  # else our close_notify was the end (QEMU: no reply)
+                # Else our close_notify was the end (QEMU: no reply).
+                and not (stats.local_eof and (hold is None or hold.eof_sent))
                 and stats.ended_by is None
                 and not (stats.remote_eof and not remote.ragged_eof)  # close_notify: it chose to
                 and (remote.ragged_eof or stats.failed_side == "remote")
             )
             if rejected:
                 if stats.failure in (None, PEER_RESET, PEER_CLOSED):
-                    stats.failure = _PROBABLY_REJECTED  # else the alert says why
+                    stats.failure = _probable_rejection(tls)  # else the alert says why
                 stats.failed_side = "remote"
                 level = logging.ERROR
                 if session.unconfirmed and self.local.persistent:
                     # The server threw them away unread: the next session sends them again.
                     replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
                     self.carry.pending = memoryview(replay)
+            elif tls is None and not self.cfg.listen and stats.to_local == 0 and stats.to_remote:
+                # A TLS server meeting bytes that are no TLS handshake drops the connection:
+                # the usual result of a forgotten --tls-creds. A reset is a failure; a plain
+                # close may be a server's choice, so that only gets the hint.
+                if stats.failed_side == "remote" and stats.failure in (PEER_RESET, PEER_CLOSED):
+                    stats.failure = describe_plain_rejection(stats.failure)
+                    level = logging.ERROR
+                elif stats.failure is None and stats.remote_eof and not stats.local_eof:
+                    plain_hint = describe_plain_rejection("the peer closed the connection")
+            if stats.failure is not None and not self.cfg.listen and self.cfg.reconnect is None:
+                # A one-shot bridge exits 1 for this: it is the error, also under -q.
+                level = logging.ERROR
             if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
                 repeats.reset()  # a session that worked: its failure is news again
             if repeats is not None and stats.failure is not None:
@@ -302,6 +334,7 @@ class Bridge:
                 elif count > 1:
                     again = f" ({count} times in a row)"
             self._last_rejection = stats.failure if rejected else None
+            self._session_failure = stats.failure
             # The slot is free before the peer can see the session end: a client that
             # reconnects as soon as it sees our close must find the line free.
             self._release(active)
@@ -310,6 +343,8 @@ class Bridge:
                 if not self.local.persistent:
                     await local_stream.aclose()
             _log_disconnect(remote, stats, lasted, level, again)
+            if plain_hint is not None:
+                log.warning("%s", plain_hint)
             active.done.set()
         return stats
 
@@ -654,6 +689,56 @@ class Bridge:
         if stats.failure is None:
             repeats.reset()
         return stats.failure
+
+
+def _probable_rejection(tls: TLSSetup | None) -> str:
+    """What a server that closed right after the handshake probably rejected: our client
+    certificate, or the lack of one (the credentials decide which we sent)."""
+    assert tls is not None and tls.policy is not None
+    creds = tls.policy.creds
+    cert = str(creds.cert) if creds.cert is not None and creds.key is not None else None
+    return describe_quick_rejection(cert, str(creds.directory))
+
+
+class _EofAfterVerdict(trio.abc.HalfCloseableStream):
+    """A TLS client's remote stream whose ``send_eof`` (our close_notify) waits until the
+    server has spoken or ended, or until ``until``: a TLS 1.3 server judges our certificate
+    only after the handshake, and a close that answers our close_notify says nothing about
+    that verdict. Everything else goes straight to ``inner``."""
+
+    def __init__(self, inner: trio.abc.Stream, until: float) -> None:
+        self.inner = inner
+        self.until = until
+        self.eof_sent = False
+        self.settled: Callable[[], bool] = lambda: False
+        # Bound once, so the data path pays no extra call per send or receive.
+        self.send_all = inner.send_all  # type: ignore[method-assign]
+        self.receive_some = inner.receive_some  # type: ignore[method-assign]
+        self.wait_send_all_might_not_block = (  # type: ignore[method-assign]
+            inner.wait_send_all_might_not_block
+        )
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)  # pragma: no cover (bound in __init__)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)  # pragma: no cover (bound)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()  # pragma: no cover (bound)
+
+    async def send_eof(self) -> None:
+        """Our close_notify, once the server's verdict is in or its time is up."""
+        with trio.move_on_at(self.until):
+            while not self.settled():
+                await trio.sleep(0.01)
+        assert isinstance(self.inner, trio.abc.HalfCloseableStream)
+        self.eof_sent = True
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        await self.inner.aclose()
 
 
 def _peer_gone(sock: trio.socket.SocketType) -> bool:

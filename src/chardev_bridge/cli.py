@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import grp
 import logging
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -22,6 +27,7 @@ from chardev_bridge.config import (
     TrafficLogConfig,
 )
 from chardev_bridge.local import LocalSpec, parse_local_spec
+from chardev_bridge.starterror import StartError, describe_listen_error
 from chardev_bridge.tlspolicy import CredentialError
 
 log = logging.getLogger("chardev_bridge")
@@ -36,7 +42,39 @@ examples:
       make a CA, server and client credential directories in QEMU's layout
 
 The TLS role follows the TCP role unless --tls-endpoint says otherwise, as in QEMU.
+
+credentials (chardev-bridge creds SUBCOMMAND --help):
+  creds init DIR      make a CA and DIR/server, DIR/client credential directories (QEMU layout)
+  creds issue DIR     issue another server or client certificate from DIR/ca
+  creds check DIR     run QEMU's load-time checks on a credentials directory
+  creds revoke DIR    revoke certificates: DIR/ca/ca-crl.pem, installed in DIR/server
+
+output:
+  With a pty local end, "pty: /dev/pts/N" is printed on stdout (flushed) once the pty exists;
+  scripts wait for that line. Log lines go to stderr: -v adds debugging detail, -q leaves
+  warnings and errors only.
+
+reconnecting:
+  With --reconnect SECONDS, retries start after SECONDS and double up to --reconnect-max,
+  with jitter; a session that lasted resets the delay. Without it a connecting bridge exits
+  after its session.
+
+signals:
+  SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight and send TLS
+  close_notify (up to 5 s), remove the --link, exit 0. A second signal stops at once.
+
+exit status:
+  0  the session ended cleanly, the local end ended (stdin EOF), or SIGTERM/SIGINT
+  1  a start-up error (credentials, address, local end: one line naming it), or a failed
+     connection or session of a connecting bridge without --reconnect
+  2  a command line error
 """
+
+_USAGE = (
+    "%(prog)s [--server] [--host HOST] [--port PORT] [--local SPEC]"
+    " [--tls-creds DIR] [options]\n"
+    "       %(prog)s creds {init,issue,check,revoke} ... (see: %(prog)s creds --help)"
+)
 
 
 def _positive_float(text: str) -> float:
@@ -70,10 +108,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Says what is wrong in one line, without the 17 lines of usage around it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; the option spellings are a documented contract."""
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         prog="chardev-bridge",
+        usage=_USAGE,
         description=(
             "Carry a character device's byte stream between a local end (a pty by default)"
             " and a remote TCP peer, optionally over TLS with QEMU tls-creds-x509 directories."
@@ -97,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect",
         type=_positive_float,
         metavar="SECONDS",
-        help="connecting bridge: retry after failures and disconnects, first after SECONDS",
+        help="connecting bridge: retry after failures and disconnects; retries start after"
+        " SECONDS and double up to --reconnect-max",
     )
     net.add_argument(
         "--reconnect-max",
@@ -378,10 +425,64 @@ def main(argv: list[str] | None = None) -> int:
         leaves = _leaves(exc)
         if not all(isinstance(leaf, CredentialError | OSError | ValueError) for leaf in leaves):
             raise
+        said = set()
         for leaf in leaves:
-            for line in str(leaf).splitlines():
-                log.error("%s", line)
+            text = _describe_start_error(leaf, args) if isinstance(leaf, OSError) else str(leaf)
+            for line in text.splitlines():
+                if line not in said:  # one line per address trio tried, all alike
+                    said.add(line)
+                    log.error("%s", line)
         return 1
+
+
+def _describe_start_error(exc: OSError, args: argparse.Namespace) -> str:
+    """A start-up ``OSError`` as one sentence naming the option, the path or address, the
+    cause and the fix (Python's own words name none of the first three)."""
+    if isinstance(exc, StartError):
+        return str(exc)
+    local: LocalSpec = args.local
+    if local.kind == "tty" and exc.filename == local.path:
+        return _describe_tty_error(exc, local.path)
+    binding = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    code = exc.errno
+    if args.server and exc.filename is None and code is not None and (code in binding or code < 0):
+        # The local end names its own failures (StartError, or the path); an address
+        # error without one is the remote listener's. A negative errno: getaddrinfo's.
+        option = f"--host {args.host} --port {args.port}"
+        return describe_listen_error(exc, option, args.host, args.port)
+    return str(exc)
+
+
+def _describe_tty_error(exc: OSError, path: str) -> str:
+    spec = f"--local tty:{path}"
+    if exc.errno == errno.ENOENT:
+        if path.startswith("/dev/pts/"):
+            return (
+                f"{spec}: {path} does not exist: a pty lives only as long as the program that"
+                " made it (QEMU prints 'char device redirected to /dev/pts/N'); `ls /dev/pts`"
+                " lists those there are"
+            )
+        return f"{spec}: {path} does not exist (a USB serial adapter: see /dev/serial/by-id/)"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISSOCK(mode):  # opening one fails with ENXIO, "No such device or address"
+        return (
+            f"{spec}: {path} is not a terminal device (a tty); it is a unix socket:"
+            f" use --local unix:{path}"
+        )
+    if exc.errno == errno.ENOTTY:
+        what = "; it is a regular file" if stat.S_ISREG(mode) else ""
+        return f"{spec}: {path} is not a terminal device (a tty){what}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        try:
+            group = grp.getgrgid(os.stat(path).st_gid).gr_name
+            fix = f": add this user to group {group}, which may open it"
+        except (OSError, KeyError):
+            fix = ""
+        return f"{spec}: permission denied: this user may not open {path} read-write{fix}"
+    return f"{spec}: cannot open {path}: {exc.strerror or exc}"
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

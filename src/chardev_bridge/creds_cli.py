@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from . import pki
-from .credcheck import Endpoint, check_creds, guess_endpoint, has_errors
+from .credcheck import Endpoint, check_creds, guess_endpoint, has_errors, role_mismatch
 
 EPILOG = """\
 examples:
@@ -83,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Issue a certificate from DIR/ca into a new credentials dir OUT.",
     )
     issue.add_argument("dir", help="the directory made by `creds init` (its ca/ is used)")
-    issue.add_argument("--endpoint", choices=("server", "client"), required=True)
+    issue.add_argument(
+        "--endpoint",
+        choices=("server", "client"),
+        required=True,
+        help="the certificate's TLS role: server (serverAuth, with --hostname/--ip names)"
+        " or client (clientAuth, for tls-authz by --dn)",
+    )
     issue.add_argument("--out", required=True, help="credentials dir to write (new files only)")
     issue.add_argument("--dn", help="subject, first RDN first (default CN=<name> or CN=client)")
     issue.add_argument("--hostname", action="append", default=[], help="server DNS name")
@@ -123,8 +129,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    # Each default holds unless its own option is given: `--hostname vm` still gets the
+    # loopback IPs (a bridge or QEMU on this machine connects to 127.0.0.1); only `--ip`
+    # alone leaves out the default name.
     hostnames = args.hostname or ([] if args.ip else list(pki.DEFAULT_HOSTNAMES))
-    ips = args.ip or ([] if args.hostname else list(pki.DEFAULT_IPS))
+    ips = args.ip or list(pki.DEFAULT_IPS)
     layout = pki.init_pki(
         args.dir,
         hostnames=hostnames,
@@ -136,15 +145,20 @@ def _cmd_init(args: argparse.Namespace) -> int:
         days=args.days,
         key_password=_read_password(args.key_password_file),
     )
-    print(f"created {layout.ca_dir} (keep ca-key.pem private)")
-    print(
-        f"created {layout.server_dir}: -object tls-creds-x509,dir={layout.server_dir},"
-        "endpoint=server"
-    )
-    print(
-        f"created {layout.client_dir}: -object tls-creds-x509,dir={layout.client_dir},"
-        "endpoint=client"
-    )
+    # Absolute paths: the lines are pasted into QEMU command lines and scripts that run
+    # from other directories.
+    server, client = layout.server_dir.resolve(), layout.client_dir.resolve()
+    print(f"created {layout.ca_dir.resolve()} (keep ca-key.pem private)")
+    print(f"created {server}: the TLS server's credentials")
+    print(f"  QEMU:   -object tls-creds-x509,id=tls0,dir={server},endpoint=server")
+    # The first name the server certificate carries is the one that passes its name check.
+    named = bool(args.hostname or args.ip)
+    host = (hostnames or ips)[0]
+    listen = f" --host {host}" if named else ""
+    print(f"  bridge: chardev-bridge --server{listen} --tls-creds {server}")
+    print(f"created {client}: the TLS client's credentials")
+    print(f"  QEMU:   -object tls-creds-x509,id=tls0,dir={client},endpoint=client")
+    print(f"  bridge: chardev-bridge --host {host} --tls-creds {client}")
     return 0
 
 
@@ -170,6 +184,12 @@ def _check_one(
     chosen = endpoint or guess_endpoint(directory) or "client"
     if endpoint is None:
         print(f"{directory}: checking as endpoint={chosen}")
+    mismatch = role_mismatch(directory, chosen)
+    if mismatch is not None:
+        # QEMU would load it and fail only at the first connection: say it now.
+        other = "client" if chosen == "server" else "server"
+        print(f"error: {mismatch}; check it with --endpoint {other}, or check the {chosen} dir")
+        return False
     findings = check_creds(directory, chosen, password=password)
     for finding in findings:
         if not (quiet and finding.level == "info"):
@@ -182,6 +202,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     base = Path(args.dir)
     # A `creds init` root holds no ca-cert.pem itself: check the dirs QEMU would load.
     subdirs = [(base / "server", "server"), (base / "client", "client")]
+    if args.endpoint is not None:
+        subdirs = [(d, e) for d, e in subdirs if e == args.endpoint]
     if not (base / "ca-cert.pem").exists() and any(d.is_dir() for d, _ in subdirs):
         ok = True
         for directory, endpoint in subdirs:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from chardev_bridge.authz import AuthzList, load_authz_file
 from chardev_bridge.config import BridgeConfig
-from chardev_bridge.credcheck import check_creds, has_errors
-from chardev_bridge.priority import resolve_priority
+from chardev_bridge.credcheck import check_creds, has_errors, is_init_root, role_mismatch
+from chardev_bridge.priority import DEFAULT_PRIORITY, resolve_priority
 from chardev_bridge.remote import TLSSetup
 from chardev_bridge.tlspolicy import (
     CredentialError,
@@ -33,6 +33,7 @@ def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
         return _build_psk_setup(cfg)
     if cfg.tls_creds is None:
         return None
+    check_layout(cfg.tls_creds, cfg)
     password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
     findings = check_creds(cfg.tls_creds, cfg.endpoint, password=password)
     for finding in findings:
@@ -41,7 +42,9 @@ def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
     if has_errors(findings):
         raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
     chosen = resolve_priority(cfg.tls_priority)
-    log.info("TLS priority %s, from %s", chosen.priority.text, chosen.source)
+    # The default at every start is noise; a priority someone chose is worth a line.
+    level = logging.DEBUG if chosen.priority is DEFAULT_PRIORITY else logging.INFO
+    log.log(level, "TLS priority %s, from %s", chosen.priority.text, chosen.source)
     authz = _build_authz(cfg)
     policy = TLSPolicy(
         creds=load_x509_creds(cfg.tls_creds, cfg.endpoint),
@@ -59,6 +62,48 @@ def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
         crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
         split_last_byte=cfg.qemu_stall_workaround,
     )
+
+
+def check_layout(directory: Path, cfg: BridgeConfig) -> None:
+    """Refuse, in one line naming the fix, a ``--tls-creds`` directory that is the wrong
+    one for the bridge's TLS role: a ``creds init`` root, or the other role's credentials.
+
+    Done before anything connects: a client given server credentials would otherwise send
+    no certificate and only learn from the server's silent close that it was refused.
+    """
+    endpoint = cfg.endpoint
+    role = f"the TLS {endpoint} ({_role_source(cfg)})"
+    if not directory.is_dir():
+        # One line for the directory, not one per file QEMU would have looked for.
+        raise CredentialError(f"--tls-creds {directory}: no such directory")
+    if (directory / "ca-key.pem").exists() and is_init_root(directory.parent):
+        raise CredentialError(
+            f"--tls-creds {directory} is the CA directory `creds init` made (it holds the CA's"
+            f" private key; keep it off the bridge): as {role} this bridge needs --tls-creds"
+            f" {directory.parent / endpoint}"
+        )
+    if is_init_root(directory):
+        raise CredentialError(
+            f"--tls-creds {directory} is the root that `creds init` made, not a credentials"
+            f" directory: as {role} this bridge needs --tls-creds {directory / endpoint}"
+        )
+    mismatch = role_mismatch(directory, endpoint)
+    if mismatch is None:
+        return
+    other = "client" if endpoint == "server" else "server"
+    sibling = directory.parent / endpoint
+    suggest = f" (--tls-creds {sibling})" if sibling != directory and sibling.is_dir() else ""
+    raise CredentialError(
+        f"--tls-creds {mismatch}; this bridge is {role}: give it {endpoint} credentials"
+        f"{suggest}, or make it the TLS {other} with --tls-endpoint {other}"
+    )
+
+
+def _role_source(cfg: BridgeConfig) -> str:
+    """Which option made the TLS role what it is, for error messages."""
+    if cfg.tls_endpoint is not None:
+        return f"--tls-endpoint {cfg.tls_endpoint}"
+    return "it listens: --server" if cfg.listen else "it connects: no --server"
 
 
 def _read_password(path: Path) -> bytes:

@@ -12,6 +12,40 @@ import ssl
 # How a connection reset reads in every log line (and how code recognises one).
 PEER_RESET = "the peer reset the connection"
 PEER_CLOSED = "the peer closed the connection"
+# Nothing listens yet (QEMU not started, wrong port): worth saying that --reconnect waits.
+REFUSED = (
+    "connection refused: nothing listens there yet (with --reconnect SECONDS the bridge"
+    " retries until something does)"
+)
+
+# A TLS server ended the connection right after the handshake, having said nothing: QEMU
+# does this when the client certificate fails verification or tls-authz (it checks only
+# after the handshake, and closes without an alert).
+_QUICK_CLOSE = "the server closed the connection right after the handshake without a TLS alert"
+
+
+def describe_quick_rejection(client_cert: str | None, creds_dir: str) -> str:
+    """Why a TLS server probably closed right after the handshake, following what we sent:
+    our client certificate ``client_cert`` (a path), or none from ``creds_dir``."""
+    if client_cert is None:
+        return (
+            f"{_QUICK_CLOSE}: it probably requires a client certificate, and we sent none"
+            f" ({creds_dir} has no client-cert.pem and client-key.pem)"
+        )
+    return (
+        f"{_QUICK_CLOSE}: it probably rejected our client certificate {client_cert} (QEMU"
+        " does this when the certificate fails verification or tls-authz)"
+    )
+
+
+def describe_plain_rejection(failure: str) -> str:
+    """A plain-TCP peer that ``failure`` (reset or closed) right after our first bytes,
+    having sent nothing: a TLS server meeting bytes that are not a TLS handshake does that."""
+    return (
+        f"{failure} right after our first bytes, having sent nothing: it may expect TLS"
+        " (a QEMU chardev with tls-creds, a bridge with --tls-creds): give --tls-creds DIR"
+    )
+
 
 _REASONS = {
     "WRONG_VERSION_NUMBER": "not TLS: plain bytes or an unsupported protocol version",
@@ -91,8 +125,13 @@ def describe_tls_error(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLCertVerificationError):
         code = cause.verify_code
         if code in (62, 64):  # hostname / IP address mismatch
+            # Typically --host 127.0.0.1 against a certificate for localhost: the name the
+            # certificate carries is what --tls-hostname is for.
+            mismatch = (cause.verify_message or "").rstrip(".")
             return (
-                f"the peer's certificate does not match the expected name: {cause.verify_message}"
+                f"the peer's certificate does not match the expected name: {mismatch}; if it"
+                " names this server otherwise (e.g. localhost for 127.0.0.1), give that name"
+                " with --tls-hostname NAME (`creds check` on its directory lists its names)"
             )
         words = _VERIFY.get(code, cause.verify_message or "verification failed")
         return f"the peer's certificate was rejected: {words}"
@@ -110,7 +149,7 @@ def describe_tls_error(exc: BaseException) -> str:
     if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED):
         return PEER_CLOSED
     if isinstance(cause, ConnectionRefusedError):
-        return "connection refused (nothing listens there?)"
+        return REFUSED
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
     return str(cause) or type(cause).__name__

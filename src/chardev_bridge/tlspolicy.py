@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chardev_bridge._resumption import disable_resumption
 from chardev_bridge.authz import AuthzList, qemu_dn
+from chardev_bridge.credcheck import describe_unreadable
 from chardev_bridge.priority import DEFAULT_PRIORITY, TlsPriority, apply_priority, check_negotiated
 
 log = logging.getLogger("chardev_bridge")
@@ -56,6 +57,10 @@ def _readable(path: Path) -> Path:
     except FileNotFoundError:
         raise CredentialError(
             f"Unable to access credentials {path}: No such file or directory"
+        ) from None
+    except PermissionError as exc:
+        raise CredentialError(
+            f"Unable to access credentials {path}: {exc.strerror}: {describe_unreadable(path)}"
         ) from None
     except OSError as exc:
         raise CredentialError(f"Unable to access credentials {path}: {exc.strerror}") from None

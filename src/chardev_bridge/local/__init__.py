@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -78,6 +80,8 @@ def parse_local_spec(text: str) -> LocalSpec:
     """
     kind, sep, arg = text.partition(":")
     if kind not in LOCAL_KINDS:
+        if "/" in text:
+            raise LocalSpecError(f"{text!r} is a path: {_path_kind_hint(text)}")
         raise LocalSpecError(
             f"unknown local end {text!r}; expected one of {', '.join(LOCAL_KINDS)}"
         )
@@ -94,6 +98,19 @@ def parse_local_spec(text: str) -> LocalSpec:
             raise LocalSpecError(f"{text!r}: cannot connect to port 0")
         return LocalSpec(kind, host=host, port=port)  # type: ignore[arg-type]
     return LocalSpec(kind, path=arg)  # type: ignore[arg-type]
+
+
+def _path_kind_hint(path: str) -> str:
+    """Which ``--local`` spelling a bare path probably meant, from what the path is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISSOCK(mode):
+        return f"for this unix socket write --local unix:{path}"
+    if stat.S_ISCHR(mode) or path.startswith("/dev/"):
+        return f"for this terminal device write --local tty:{path}"
+    return f"write --local tty:{path} for a terminal device, unix:{path} for a unix socket"
 
 
 def open_local_end(spec: LocalSpec, *, link: Path | None = None) -> LocalEnd:

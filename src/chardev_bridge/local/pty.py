@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from chardev_bridge.backoff import RepeatFilter
 from chardev_bridge.fdqueue import unread_bytes
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
+from chardev_bridge.starterror import StartError
 
 log = logging.getLogger("chardev_bridge")
 
@@ -186,5 +188,16 @@ def _replace_symlink(link: Path, target: str) -> None:
     elif link.exists():
         raise FileExistsError(f"--link {link}: exists and is not a symlink; not replacing it")
     tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError as exc:
+        # os.symlink names the hidden temporary file, which the user never asked for.
+        folder = link.absolute().parent
+        if exc.errno == errno.ENOENT and not folder.is_dir():
+            why = f"the folder {folder} does not exist (create it, or link elsewhere)"
+        elif exc.errno == errno.EACCES:
+            why = f"permission denied: this user may not create files in {folder}"
+        else:
+            why = exc.strerror or str(exc)
+        raise StartError(exc.errno, f"--link {link}: cannot link it to {target}: {why}") from exc

@@ -14,6 +14,7 @@ import trio
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.socketstream import DirectSocketStream
+from chardev_bridge.starterror import StartError, describe_listen_error
 
 log = logging.getLogger("chardev_bridge")
 
@@ -118,7 +119,12 @@ class TcpListenEnd(_ListenEnd):
 
     async def start(self) -> None:
         """Bind and listen."""
-        self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        try:
+            self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            option = f"--local tcp-listen:{format_hostport(self.host, self.port)}"
+            why = describe_listen_error(exc, option, self.host, self.port)
+            raise StartError(exc.errno, why) from exc
         if self.port == 0:
             self.port = self._listeners[0].socket.getsockname()[1]
         log.info("listening for local clients on %s", self.describe())
@@ -151,9 +157,17 @@ class UnixListenEnd(_ListenEnd):
         try:
             await sock.bind(self.path)
             sock.listen(16)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            folder = os.path.dirname(os.path.abspath(self.path))
+            why = (
+                f"the folder {folder} does not exist"
+                if exc.errno == errno.ENOENT and not os.path.isdir(folder)
+                else exc.strerror or str(exc)
+            )
+            raise StartError(
+                exc.errno, f"--local unix-listen:{self.path}: cannot listen there: {why}"
+            ) from exc
         self._bound_inode = os.stat(self.path).st_ino
         self._listeners = [trio.SocketListener(sock)]
         log.info("listening for local clients on %s", self.describe())

@@ -1,0 +1,580 @@
+"""Errors a newcomer meets, each one line naming the cause, the path or address and the fix,
+with the exit status it comes with: real ``python -m chardev_bridge`` processes against
+listeners, TLS servers and QEMU on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from chardev_bridge import pki as pkimod
+from chardev_bridge.cli import build_parser
+from chardev_bridge.creds_cli import _parser as creds_parser
+from tests.conftest import PKI, make_pki
+from tests.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
+from tests.sessionkit import (
+    ENV,
+    HOST,
+    TlsServer,
+    cli_bridge,
+    free_port,
+    open_pty_app,
+    server_context,
+)
+from tests.test_cli_contract import LINE, bridge_cmd, exit_status, expect_failed_handshake
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m chardev_bridge ARGS`` to its end."""
+    return subprocess.run(
+        bridge_cmd(*args),
+        env=ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def messages(stderr: str) -> list[str]:
+    """The log messages of a bridge's stderr, without their timestamps."""
+    return [line.split(LINE, 1)[1] for line in stderr.splitlines() if LINE in line]
+
+
+@pytest.fixture
+def pki_root(tmp_path: Path) -> Path:
+    """A directory as `creds init` makes it."""
+    root = tmp_path / "pki"
+    pkimod.init_pki(root)
+    return root
+
+
+# -- credentials given for the wrong role, or not at all -----------------------------------
+
+
+@pytest.mark.parametrize(("listen", "role"), [(True, "server"), (False, "client")])
+def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
+    pki_root: Path, listen: bool, role: str
+) -> None:
+    args = ["--server", "--port", "0"] if listen else ["--host", HOST, "--port", str(free_port())]
+    proc = run(*args, "--tls-creds", str(pki_root))
+    assert proc.returncode == 1, proc.stderr
+    why = "it listens: --server" if listen else "it connects: no --server"
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root} is the root that `creds init` made, not a credentials"
+        f" directory: as the TLS {role} ({why}) this bridge needs --tls-creds {pki_root / role}"
+    ]
+    assert "Unable to access credentials" not in proc.stderr
+
+
+def test_a_missing_credentials_directory_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-pki"
+    proc = run("--server", "--port", "0", "--tls-creds", str(missing))
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [f"--tls-creds {missing}: no such directory"]
+
+
+def test_the_ca_directory_is_refused_keeping_its_key_off_the_bridge(pki_root: Path) -> None:
+    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "ca"))
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root}/ca is the CA directory `creds init` made (it holds the CA's"
+        " private key; keep it off the bridge): as the TLS server (it listens: --server) this"
+        f" bridge needs --tls-creds {pki_root}/server"
+    ]
+
+
+def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connects(
+    pki_root: Path,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen(4)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(pki_root / "server"))
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert proc.returncode == 1
+    assert proc.stdout == ""  # no pty was made either
+    assert messages(proc.stderr) == [
+        f"--tls-creds {pki_root}/server holds server credentials (server-cert.pem,"
+        " server-key.pem), not client ones: it has no client-cert.pem or client-key.pem; this"
+        " bridge is the TLS client (it connects: no --server): give it client credentials"
+        f" (--tls-creds {pki_root}/client), or make it the TLS server with --tls-endpoint server"
+    ]
+
+
+def test_client_credentials_on_a_listening_bridge_name_only_the_files_the_server_needs(
+    pki_root: Path,
+) -> None:
+    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "client"))
+    assert proc.returncode == 1
+    [line] = messages(proc.stderr)
+    assert line == (
+        f"--tls-creds {pki_root}/client holds client credentials (client-cert.pem,"
+        " client-key.pem), not server ones: it has no server-cert.pem or server-key.pem; this"
+        " bridge is the TLS server (it listens: --server): give it server credentials"
+        f" (--tls-creds {pki_root}/server), or make it the TLS client with --tls-endpoint client"
+    )
+    # Optional files (dh-params.pem, ca-crl.pem) are nobody's problem here.
+    assert "dh-params" not in line and "ca-crl" not in line
+
+
+def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(pki_root: Path) -> None:
+    proc = run("creds", "check", str(pki_root / "server"), "--endpoint", "client")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"error: {pki_root}/server holds server credentials (server-cert.pem, server-key.pem),"
+        " not client ones: it has no client-cert.pem or client-key.pem; check it with"
+        " --endpoint server, or check the client dir"
+    ]
+    # The right endpoint still passes.
+    assert run("creds", "check", str(pki_root / "server"), "--endpoint", "server").returncode == 0
+
+
+@pytest.fixture
+def world_readable_pki() -> Iterator[Path]:
+    """A `creds init` root outside pytest's private tmp dir, for a process with fewer rights."""
+    base = Path(tempfile.mkdtemp(prefix="chardev-bridge-perm-"))
+    base.chmod(0o755)
+    try:
+        pkimod.init_pki(base / "pki")
+        yield base / "pki"
+    finally:
+        shutil.rmtree(base)
+
+
+def test_an_unreadable_key_is_named_with_the_read_permission_that_is_missing(
+    world_readable_pki: Path,
+) -> None:
+    setpriv = require_tool("setpriv")
+    key = world_readable_pki / "server" / "server-key.pem"
+    if os.geteuid() == 0:
+        # root reads every file: take that right away, so that owner and mode decide.
+        os.chown(key, 65534, 65534)
+        wrap = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    else:
+        key.chmod(0)
+        wrap = []
+    proc = subprocess.run(
+        [*wrap, *bridge_cmd("--server", "--port", "0", "--tls-creds", str(key.parent))],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    [line] = messages(proc.stderr)
+    mode = "0600" if os.geteuid() == 0 else "0000"
+    assert line.startswith(f"Cannot load certificate '{key.parent}/server-cert.pem' & key '{key}':")
+    assert re.search(
+        rf"Permission denied: {re.escape(str(key))} is mode {mode}, owner \S+, and this process"
+        r" runs as \S+, which lacks read permission on it: make it readable by \S+",
+        line,
+    ), line
+
+
+# -- creds init ----------------------------------------------------------------------------
+
+
+def test_creds_init_with_a_hostname_keeps_the_default_loopback_ips(tmp_path: Path) -> None:
+    proc = run("creds", "init", str(tmp_path / "pki"), "--hostname", "localhost")
+    assert proc.returncode == 0, proc.stderr
+    pem = (tmp_path / "pki" / "server" / "server-cert.pem").read_bytes()
+    san = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert san.value.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)] == [
+        "127.0.0.1",
+        "::1",
+    ]
+
+
+def test_creds_init_prints_absolute_qemu_paths_and_the_bridge_command_for_each_role(
+    tmp_path: Path,
+) -> None:
+    proc = run("creds", "init", "pki", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path.resolve() / "pki"
+    assert proc.stdout.splitlines() == [
+        f"created {root}/ca (keep ca-key.pem private)",
+        f"created {root}/server: the TLS server's credentials",
+        f"  QEMU:   -object tls-creds-x509,id=tls0,dir={root}/server,endpoint=server",
+        f"  bridge: chardev-bridge --server --tls-creds {root}/server",
+        f"created {root}/client: the TLS client's credentials",
+        f"  QEMU:   -object tls-creds-x509,id=tls0,dir={root}/client,endpoint=client",
+        f"  bridge: chardev-bridge --host localhost --tls-creds {root}/client",
+    ]
+
+
+async def test_the_bridge_commands_creds_init_prints_work_together(tmp_path: Path) -> None:
+    proc = run("creds", "init", "pki", cwd=tmp_path)
+    commands = [
+        line.split("bridge: chardev-bridge ", 1)[1].split()
+        for line in proc.stdout.splitlines()
+        if "bridge: " in line
+    ]
+    server_args, client_args = commands
+    with trio.fail_after(30):
+        async with cli_bridge([*server_args, "--host", HOST, "--port", "0"]) as server:
+            port = await server.port()
+            client = [*client_args, "--port", str(port)]
+            async with cli_bridge(client, name="client") as bridge:
+                await bridge.wait_for(rf"{LINE}connected to \S+:{port}: TLSv1\.3 .*'CN=localhost'$")
+
+
+# -- what the session's end says -----------------------------------------------------------
+
+
+@pytest.fixture
+def qemu_dirs(pki: PKI) -> PKI:
+    """The test PKI with DH parameters in the server dir: QEMU starts without generating them."""
+    (pki.server_dir / "dh-params.pem").write_bytes(pkimod.dh_params_pem())
+    return pki
+
+
+def qemu_tls_monitor(server_dir: Path, *extra: str, authz: str | None = None) -> Qemu:
+    """QEMU serving a QMP monitor on a TLS server chardev (its port: ``.port("mon0")``)."""
+    return Qemu(
+        [
+            *extra,
+            *tls_creds_args("tls0", str(server_dir), "server"),
+            *tls_monitor_args("mon0", "tls0", authz=authz),
+        ]
+    )
+
+
+@pytest.mark.interop
+def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
+    qemu_dirs: PKI, tmp_path: Path
+) -> None:
+    require_qemu()
+    bare = tmp_path / "ca-only"
+    bare.mkdir()
+    shutil.copy(qemu_dirs.client_dir / "ca-cert.pem", bare)
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+        port = qemu.port("mon0")
+        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(bare), "-q")
+    assert proc.returncode == 1
+    assert "rejected our client certificate" not in proc.stderr
+    assert messages(proc.stderr)[-1].endswith(
+        "remote failed: the server closed the connection right after the handshake without a"
+        " TLS alert: it probably requires a client certificate, and we sent none"
+        f" ({bare} has no client-cert.pem and client-key.pem)"
+    ), proc.stderr
+
+
+@pytest.mark.interop
+async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_tls(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu, trio.fail_after(30):
+        port = qemu.port("mon0")
+        async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+            pty_path = await bridge.pty_path()
+            await bridge.wait_for(rf"{LINE}connected to 127\.0\.0\.1:{port}: plain TCP$")
+            app = open_pty_app(pty_path)
+            await app.send_all(b"help\r\n")
+            assert await exit_status(bridge) == 1
+            await app.aclose()
+    assert messages(bridge.log())[-1].endswith(
+        "; remote failed: the peer reset the connection right after our first bytes, having"
+        " sent nothing: it may expect TLS (a QEMU chardev with tls-creds, a bridge with"
+        " --tls-creds): give --tls-creds DIR"
+    ), bridge.log()
+
+
+async def test_a_tls_bridge_closing_on_our_plain_bytes_gets_the_tls_hint(pki: PKI) -> None:
+    listening = ["--server", "--host", HOST, "--port", "0", "--tls-creds", str(pki.server_dir)]
+    with trio.fail_after(30):
+        async with cli_bridge(listening, name="TLS server") as server:
+            port = await server.port()
+            async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+                app = open_pty_app(await bridge.pty_path())
+                await app.send_all(b"hello\n")
+                await server.wait_for(r"TLS handshake with .* failed: not TLS")
+                # A close is the server's to make: the hint, but no failure.
+                assert await exit_status(bridge) == 0
+                await app.aclose()
+    disconnected, hint = messages(bridge.log())[-2:]
+    assert re.fullmatch(
+        rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 6 bytes sent, 0 bytes"
+        r" received; remote closed",
+        disconnected,
+    ), disconnected
+    assert hint == (
+        "the peer closed the connection right after our first bytes, having sent nothing: it"
+        " may expect TLS (a QEMU chardev with tls-creds, a bridge with --tls-creds): give"
+        " --tls-creds DIR"
+    )
+
+
+async def test_a_hostname_mismatch_suggests_tls_hostname(tmp_path: Path) -> None:
+    dns_only = make_pki(tmp_path / "dns-only", server_names=("localhost",))
+    server = TlsServer(server_context(dns_only.server_dir))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await server.start(nursery)
+            args = ["--host", HOST, "--port", str(server.port)]
+            async with cli_bridge([*args, "--tls-creds", str(dns_only.client_dir)]) as bridge:
+                await expect_failed_handshake(server)
+                assert await exit_status(bridge) == 1
+            nursery.cancel_scope.cancel()
+    last = messages(bridge.log())[-1]
+    assert last.startswith(f"cannot connect to 127.0.0.1:{server.port}: the peer's certificate")
+    assert last.endswith(
+        "; if it names this server otherwise (e.g. localhost for 127.0.0.1), give that name"
+        " with --tls-hostname NAME (`creds check` on its directory lists its names)"
+    ), last
+
+
+async def test_a_refused_connection_is_the_last_line_after_the_pty_and_suggests_reconnect() -> None:
+    port = free_port()
+    with trio.fail_after(30):
+        async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
+            assert (await bridge.pty_path()).startswith("/dev/pts/")
+            assert await exit_status(bridge) == 1
+    assert messages(bridge.log())[-1] == (
+        f"cannot connect to 127.0.0.1:{port}: connection refused: nothing listens there yet"
+        " (with --reconnect SECONDS the bridge retries until something does)"
+    )
+
+
+@pytest.mark.interop
+def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_time(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
+    command = b'{"execute":"qmp_capabilities"}\r\n'
+    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        # stdin's EOF and QEMU's verdict race: which one the bridge sees first varies.
+        for attempt in range(20):
+            proc = subprocess.run(
+                bridge_cmd(*args, "--local", "stdio", "-q"),
+                env=ENV,
+                input=command,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            err = proc.stderr.decode()
+            assert proc.returncode == 1, (attempt, err)
+            assert "it probably rejected our client certificate" in messages(err)[-1], err
+
+
+@pytest.mark.interop
+async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last_line(
+    qemu_dirs: PKI,
+) -> None:
+    require_qemu()
+    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
+    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        with trio.fail_after(30):
+            async with cli_bridge([*args, "-q"]) as bridge:
+                assert (await bridge.pty_path()).startswith("/dev/pts/")
+                assert await exit_status(bridge) == 1
+    cert = qemu_dirs.client_dir / "client-cert.pem"
+    [line] = messages(bridge.log())  # -q: the error alone, after the pty line on stdout
+    assert re.fullmatch(
+        rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 0 bytes sent, 0 bytes received;"
+        r" remote failed: the server closed the connection right after the handshake without"
+        rf" a TLS alert: it probably rejected our client certificate {re.escape(str(cert))}"
+        r" \(QEMU does this when the certificate fails verification or tls-authz\)",
+        line,
+    ), line
+
+
+@pytest.mark.interop
+def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> None:
+    require_qemu()
+    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+        port = qemu.port("mon0")
+        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
+        proc = subprocess.run(
+            bridge_cmd(*args, "--local", "stdio"),
+            env=ENV,
+            input=b'{"execute":"qmp_capabilities"}\r\n',
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b'{"QMP": {"version"')
+
+
+# -- start-up failures Python would word as [Errno N] ----------------------------------------
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else listens on."""
+    with socket.socket() as other:
+        other.bind((HOST, 0))
+        other.listen(1)
+        yield other.getsockname()[1]
+
+
+def test_a_listening_bridge_on_a_busy_port_names_the_address_and_what_to_do(busy_port: int) -> None:
+    proc = run("--server", "--host", HOST, "--port", str(busy_port))
+    assert proc.returncode == 1
+    assert messages(proc.stderr)[-1] == (
+        f"--host {HOST} --port {busy_port}: cannot listen on {HOST}:{busy_port}: address already"
+        " in use: another process (another bridge? QEMU?) listens there;"
+        f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
+    )
+    assert "[Errno" not in proc.stderr
+
+
+def test_a_busy_local_tcp_listen_address_names_the_local_option(busy_port: int) -> None:
+    proc = run("--port", str(free_port()), "--local", f"tcp-listen:{HOST}:{busy_port}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tcp-listen:{HOST}:{busy_port}: cannot listen on {HOST}:{busy_port}: address"
+        " already in use: another process (another bridge? QEMU?) listens there;"
+        f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
+    ]
+
+
+def test_a_missing_pty_for_a_tty_local_end_says_ptys_live_with_their_program() -> None:
+    missing = "/dev/pts/99999"
+    assert not os.path.exists(missing)
+    proc = run("--port", str(free_port()), "--local", f"tty:{missing}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tty:{missing}: {missing} does not exist: a pty lives only as long as the"
+        " program that made it (QEMU prints 'char device redirected to /dev/pts/N');"
+        " `ls /dev/pts` lists those there are"
+    ]
+
+
+def test_a_tty_local_end_that_is_a_unix_socket_suggests_unix(tmp_path: Path) -> None:
+    path = tmp_path / "qemu.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        proc = run("--port", str(free_port()), "--local", f"tty:{path}")
+    assert proc.returncode == 1
+    assert messages(proc.stderr) == [
+        f"--local tty:{path}: {path} is not a terminal device (a tty); it is a unix socket:"
+        f" use --local unix:{path}"
+    ]
+
+
+def test_a_link_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    link = tmp_path / "no-such-dir" / "console"
+    proc = run("--port", str(free_port()), "--link", str(link))
+    assert proc.returncode == 1
+    assert re.fullmatch(
+        rf"--link {re.escape(str(link))}: cannot link it to /dev/pts/\d+: the folder"
+        rf" {re.escape(str(link.parent))} does not exist \(create it, or link elsewhere\)",
+        messages(proc.stderr)[-1],
+    ), proc.stderr
+    assert ".console." not in proc.stderr  # not the temporary name nobody asked for
+
+
+def test_a_bare_device_path_for_local_suggests_tty_in_one_line() -> None:
+    proc = run("--local", "/dev/pts/3")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "chardev-bridge: error: argument --local: '/dev/pts/3' is a path: for this terminal"
+        " device write --local tty:/dev/pts/3 (see chardev-bridge --help)"
+    ]
+
+
+# -- --help, README and packaging ----------------------------------------------------------
+
+
+def test_help_tells_creds_subcommands_output_exit_codes_sigterm_and_backoff() -> None:
+    text = build_parser().format_help()
+    usage = text.split("\n\n", 1)[0]
+    assert "chardev-bridge creds {init,issue,check,revoke}" in usage
+    for words in (
+        "creds init DIR",
+        "creds issue DIR",
+        "creds check DIR",
+        "creds revoke DIR",
+        '"pty: /dev/pts/N" is printed on stdout',
+        "retries start after SECONDS and double up to --reconnect-max",
+        "SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight",
+        "exit status:\n  0 ",
+        "\n  1  a start-up error",
+        "\n  2  a command line error",
+    ):
+        assert words in text, words
+
+
+def _options(parser: object) -> set[str]:
+    return {
+        opt
+        for action in parser._actions  # type: ignore[attr-defined]
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--version")
+    }
+
+
+def test_every_creds_option_has_help_text_and_is_in_the_readme() -> None:
+    [subcommands] = [
+        a for a in creds_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ]
+    for name, sub in subcommands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.option_strings[0] != "-h":
+                assert action.help, f"creds {name} {action.option_strings[0]} has no help"
+        for option in _options(sub):
+            assert re.search(rf"creds {name} .*{re.escape(option)}\b", README), (name, option)
+
+
+def test_every_bridge_option_is_in_the_readme() -> None:
+    missing = [opt for opt in sorted(_options(build_parser())) if f"`{opt}" not in README]
+    assert missing == []
+
+
+def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
+    port = str(free_port())
+    args = ["--host", HOST, "--port", port, "--tls-creds", str(pki.client_dir)]
+    quiet, verbose = run(*args), run(*args, "-v")
+    assert "TLS priority" not in quiet.stderr
+    assert "TLS priority (default), from built-in default" in verbose.stderr
+
+
+def test_pyproject_license_is_an_spdx_string_and_install_says_how_to_reach_the_command() -> None:
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    make = require_tool("make")
+    # -o: take the venv as it is; only the install target's own words run.
+    out = subprocess.run(
+        [make, "-s", "-o", ".venv/.installed", "install"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "run .venv/bin/chardev-bridge, or put it on PATH" in out
+    assert f'export PATH="{root}/.venv/bin:$PATH"' in out and "pipx install ." in out

@@ -12,7 +12,7 @@ the TLS work (handshake, ``SSL_read``, ``SSL_write``) runs in OpenSSL with the G
 socket is read in pieces of up to 1 MiB into a memory BIO and the records are decrypted from
 there (`Conn`), so all the records that have arrived cost one ``recv(2)``, and each record one
 Python call. (The earlier ``ssl.SSLSocket`` far side let OpenSSL read the socket itself, record
-by record: behind socat's pty, which sends a record per pty read of a few KiB, it spent 3.7x the
+by record: behind socat's pty, which sends a record per pty read of a few KiB, it spent 3-4x the
 CPU per byte that it spent behind the bridge's 16 KiB records.) ``openssl s_server`` as a sink
 managed about 100 MB/s behind socat (small reads, every record written to stdout).
 

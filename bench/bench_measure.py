@@ -324,7 +324,8 @@ def sock_writer(sock: socket.socket) -> Write:
 
 
 def silent_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
-    """Local TCP -> a fresh bridge -> TLS -> the silent far side: [MB/s, CPU %s, longest pause]."""
+    """Local TCP -> a fresh bridge -> TLS -> the silent far side: [MB/s, bridge, far side and
+    harness CPU %, the far side's longest pause in s, its mean plaintext bytes per record]."""
     setup = contestant.setup
     with bridge(procs, contestant) as (proc, lport), tcp_connect(lport) as sock:
         watch = [proc.popen.pid, setup.far_pid]
@@ -369,6 +370,24 @@ def encrypted_session(
     sock = tcp_connect(port)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = client_context(creds).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        memory_handshake(sock, tls, incoming, outgoing)
+    except BaseException:
+        sock.close()
+        raise
+    tls.write(header)
+    header_ciphertext = outgoing.read()
+    payload = bytearray()
+    for offset in range(0, len(data), record):
+        tls.write(data[offset : offset + record])
+        payload += outgoing.read()
+    return sock, header_ciphertext, payload
+
+
+def memory_handshake(
+    sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """Run a client handshake over `sock` through memory BIOs."""
     while True:
         try:
             tls.do_handshake()
@@ -380,13 +399,6 @@ def encrypted_session(
                 raise BenchError("the far side closed during the handshake") from None
             incoming.write(chunk)
     sock.sendall(outgoing.read())
-    tls.write(header)
-    header_ciphertext = outgoing.read()
-    payload = bytearray()
-    for offset in range(0, len(data), record):
-        tls.write(data[offset : offset + record])
-        payload += outgoing.read()
-    return sock, header_ciphertext, payload
 
 
 def far_side_capacity(setup: Setup, data: memoryview, record: int) -> list[float]:

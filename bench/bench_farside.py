@@ -242,10 +242,25 @@ def sink(conn: Conn, limit: int | None) -> int:
 
 
 def echo(conn: Conn) -> None:
-    """Send back every byte received, until EOF."""
-    view = memoryview(bytearray(ECHO_BUFFER))
-    while n := conn.read_into(view):
-        conn.sendall(view[:n].tobytes())
+    """Send back every byte received, until EOF.
+
+    The latency rows' far side, so it takes the fewest Python steps per round trip: one socket
+    read, every complete record decrypted and encrypted again, one send, and no exception when
+    nothing more has arrived (records left half-received wait for the next socket read).
+    """
+    tls, incoming, outgoing = conn.tls, conn.incoming, conn.outgoing
+    raw, buffer = conn.raw, conn.buffer
+    while n := raw.recv_into(buffer):
+        incoming.write(buffer[:n])
+        while incoming.pending or tls.pending():
+            try:
+                tls.write(tls.read(ECHO_BUFFER))
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                return
+        if reply := outgoing.read():
+            raw.sendall(reply)
 
 
 def serve(raw: socket.socket, ctx: ssl.SSLContext, reporter: Reporter) -> None:

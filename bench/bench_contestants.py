@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_certs import Creds
+from bench_farside import Reports
 from bench_procs import Proc, Procs
 
 PTY_LINE = re.compile(r"^pty: (\S+)", re.MULTILINE)
@@ -34,6 +35,7 @@ class Setup:
     far_log: Path  # the far side's stderr: one ``tls ...`` line per accepted connection
     work: Path
     bridge_src: Path  # the directory that holds the chardev_bridge package
+    reports: Reports  # what the far side reports of its silent sessions
 
 
 def far_connections(setup: Setup) -> int:
@@ -237,7 +239,7 @@ class TrioFloor(Contestant):
     of the gap to socat and stunnel is the stack's and how much the bridge's own."""
 
     name = "trio floor"
-    joins = ("bulk", "latency")
+    joins = ("bulk", "bulk-silent", "latency", "first-byte")
 
     def start_tcp(self, procs: Procs, lport: int, many: bool) -> Proc:
         """One process; a relay task per connection."""

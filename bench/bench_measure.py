@@ -1,8 +1,10 @@
-"""The five measurements, driven from the harness's side of the local hop.
+"""The measurements, driven from the harness's side of the local hop.
 
 Every figure is taken between the local hop and the far side, through one contestant at a time,
-with the contestant started fresh for each round. The far side's ``R`` reply (see
-bench_farside.py) marks the moment the whole path is up; clocks start after it.
+with the contestant started fresh for each round. The far side's ``R`` reply, or its ``ready``
+report for a silent session (see bench_farside.py), marks the moment the whole path is up;
+clocks start after it. A silent session's clock stops at the far side's reading of its last
+byte, which it reports with CLOCK_MONOTONIC, the harness's clock too (`now`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import select
 import socket
 import ssl
 import statistics
 import struct
+import sys
 import termios
 import threading
 import time
@@ -23,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from bench_certs import Creds
-from bench_contestants import Contestant, far_connections
+from bench_contestants import Contestant, Setup, far_connections
+from bench_farside import QUIET_HEADER, Reports, now
 from bench_procs import (
     BenchError,
     Proc,
@@ -42,6 +47,11 @@ IO_TIMEOUT = 30.0
 SESSION_TIMEOUT = 5.0
 PTY_CONNECT_GRACE = 2.0
 SETTLE = 0.5  # let freed/allocated memory settle before reading /proc
+# What the idle-memory target is measured against: the interpreter with the imports a bridge
+# cannot do without (CLARIFICATIONS.md, issue 15), in the same run.
+IMPORT_FLOOR = (
+    "import trio, ssl, cryptography.x509, signal; print('ready', flush=True); signal.pause()"
+)
 
 
 @dataclass
@@ -110,19 +120,28 @@ def bridge(procs: Procs, contestant: Contestant, many: bool = False) -> Iterator
 # ---------------------------------------------------------------------------- 1. bulk
 
 
-def timed_transfer(size: int, transfer: Callable[[], None], watch: Sequence[int]) -> list[float]:
-    """Time `transfer` (which moves `size` bytes and waits for the far side's ``K``).
+Transfer = Callable[[], float | None]
 
+
+def timed_transfer(size: int, transfer: Transfer, watch: Sequence[int]) -> list[float]:
+    """Time `transfer`, which moves `size` bytes and waits for the far side to have them all.
+
+    `transfer` returns the far side's own clock reading of its last byte (a silent session), or
+    None when the harness's clock at its return is the end (the far side's ``K`` came back).
     Returns [MB/s (10^6 bytes/s), each pid in `watch`'s CPU use over the interval in % of one
     core, then the harness's own]: on two cores, that shows which process is the bottleneck.
     """
     cpu0 = [cpu_seconds(pid) for pid in watch]
     harness0 = harness_cpu()
-    started = time.perf_counter()
-    transfer()
-    elapsed = time.perf_counter() - started
-    cpu = [(cpu_seconds(pid) - t0) / elapsed * 100 for pid, t0 in zip(watch, cpu0, strict=True)]
-    return [size / elapsed / 1e6, *cpu, (harness_cpu() - harness0) / elapsed * 100]
+    started = now()
+    end = transfer()
+    returned = now()
+    elapsed = (end or returned) - started
+    cpu = [
+        (cpu_seconds(pid) - t0) / (returned - started) * 100
+        for pid, t0 in zip(watch, cpu0, strict=True)
+    ]
+    return [size / elapsed / 1e6, *cpu, (harness_cpu() - harness0) / (returned - started) * 100]
 
 
 def harness_cpu() -> float:
@@ -210,8 +229,10 @@ def pty_expect(fd: int, token: bytes) -> None:
         raise BenchError(f"expected {token!r} through the pty, got {got!r}")
 
 
-def pty_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
-    """A writer on a fresh bridge's pty -> TLS: [MB/s, bridge, far side and harness CPU %]."""
+@contextmanager
+def pty_bridge(procs: Procs, contestant: Contestant) -> Iterator[tuple[Proc, int]]:
+    """A fresh bridge whose local end is a pty, connected to the far side: (its Proc, the pty
+    opened raw). Errors name its last log line; it is killed when the block ends."""
     if not contestant.has_pty:
         raise BenchError(f"{contestant.name} cannot serve a pty")
     connections = far_connections(contestant.setup)
@@ -229,14 +250,7 @@ def pty_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[fl
             # while it has no peer; a bridge that connects on the first byte gets 2 s grace.
             with contextlib.suppress(BenchError):
                 wait_until(proc, connected, "connection", PTY_CONNECT_GRACE)
-            pty_write_all(fd, memoryview(b"S" + struct.pack(">Q", len(data))))
-            pty_expect(fd, b"R")
-
-            def transfer() -> None:
-                pty_write_all(fd, data)
-                pty_expect(fd, b"K")
-
-            return timed_transfer(len(data), transfer, [proc.popen.pid, contestant.setup.far_pid])
+            yield proc, fd
         finally:
             os.close(fd)
     except OSError as exc:
@@ -245,24 +259,208 @@ def pty_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[fl
         procs.kill(proc)
 
 
+def pty_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
+    """A writer on a fresh bridge's pty -> TLS: [MB/s, bridge, far side and harness CPU %]."""
+    with pty_bridge(procs, contestant) as (proc, fd):
+        pty_write_all(fd, memoryview(b"S" + struct.pack(">Q", len(data))))
+        pty_expect(fd, b"R")
+
+        def transfer() -> None:
+            pty_write_all(fd, data)
+            pty_expect(fd, b"K")
+
+        return timed_transfer(len(data), transfer, [proc.popen.pid, contestant.setup.far_pid])
+
+
+# ---------------------------------------------------------------------------- silent far side
+
+Write = Callable[[memoryview], None]
+
+
+def quiet_header(size: int) -> tuple[int, bytes]:
+    """A new session id and the ``Q`` header announcing `size` bytes to the silent far side."""
+    session = secrets.randbits(63)
+    return session, b"Q" + QUIET_HEADER.pack(session, size)
+
+
+def pour_silent(
+    write: Write, reports: Reports, data: memoryview, watch: Sequence[int]
+) -> tuple[list[float], dict[str, float]]:
+    """Announce `data` to the silent far side, wait for its ``ready``, pour, wait for ``done``.
+
+    The clock runs from the first payload byte the harness writes to the far side's reading of
+    the last one. Returns the `timed_transfer` figures and the far side's ``done`` report.
+    """
+    session, header = quiet_header(len(data))
+    write(memoryview(header))
+    wait_report(reports, session, "ready")
+    done: dict[str, float] = {}
+
+    def transfer() -> float:
+        write(data)
+        done.update(wait_report(reports, session, "done"))
+        return done["last"]
+
+    return timed_transfer(len(data), transfer, watch), done
+
+
+def wait_report(reports: Reports, session: int, event: str) -> dict[str, float]:
+    """The far side's `event` report for `session`, or BenchError after IO_TIMEOUT."""
+    try:
+        return reports.wait(session, event, IO_TIMEOUT)
+    except TimeoutError as exc:
+        raise BenchError(str(exc)) from exc
+
+
+def sock_writer(sock: socket.socket) -> Write:
+    """Write everything to `sock` in SEND_CHUNK pieces."""
+    sock.settimeout(IO_TIMEOUT)
+
+    def write(data: memoryview) -> None:
+        for offset in range(0, len(data), SEND_CHUNK):
+            sock.sendall(data[offset : offset + SEND_CHUNK])
+
+    return write
+
+
+def silent_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
+    """Local TCP -> a fresh bridge -> TLS -> the silent far side: [MB/s, bridge, far side and
+    harness CPU %, the far side's longest pause in s, its mean plaintext bytes per record]."""
+    setup = contestant.setup
+    with bridge(procs, contestant) as (proc, lport), tcp_connect(lport) as sock:
+        watch = [proc.popen.pid, setup.far_pid]
+        figures, done = pour_silent(sock_writer(sock), setup.reports, data, watch)
+    return [*figures, *pause_and_records(done)]
+
+
+def pause_and_records(done: dict[str, float]) -> list[float]:
+    """[the longest pause the far side saw between reads, its mean plaintext bytes per record]:
+    the second says what records the contestant sends (socat sends one per pty read)."""
+    return [done["longest_pause"], done["bytes"] / max(done["records"], 1)]
+
+
+def silent_pty_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
+    """A writer on a fresh bridge's pty -> TLS -> the silent far side: as `silent_round`."""
+    setup = contestant.setup
+    with pty_bridge(procs, contestant) as (proc, fd):
+        watch = [proc.popen.pid, setup.far_pid]
+        figures, done = pour_silent(
+            functools.partial(pty_write_all, fd), setup.reports, data, watch
+        )
+    return [*figures, *pause_and_records(done)]
+
+
+def silent_figure(rounds: list[list[float]]) -> Figure:
+    """A throughput figure, with the longest pause the far side saw in each round and the mean
+    size of the records it got."""
+    figure = throughput_figure([r[:-2] for r in rounds], ["bridge", "farside", "harness"])
+    figure.details["longest_pause_s"] = [round(r[-2], 4) for r in rounds]
+    figure.details["record_bytes_mean"] = [round(r[-1]) for r in rounds]
+    return figure
+
+
+def encrypted_session(
+    creds: Creds, port: int, header: bytes, data: memoryview, record: int
+) -> tuple[socket.socket, bytes, bytearray]:
+    """A TLS session to the far side, with `header` and `data` encrypted ahead of time.
+
+    `data` goes in records of `record` bytes. Returns the socket and the two ciphertexts, ready
+    to be poured with no TLS cost in the harness.
+    """
+    sock = tcp_connect(port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(creds).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        memory_handshake(sock, tls, incoming, outgoing)
+    except BaseException:
+        sock.close()
+        raise
+    tls.write(header)
+    header_ciphertext = outgoing.read()
+    payload = bytearray()
+    for offset in range(0, len(data), record):
+        tls.write(data[offset : offset + record])
+        payload += outgoing.read()
+    return sock, header_ciphertext, payload
+
+
+def memory_handshake(
+    sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """Run a client handshake over `sock` through memory BIOs."""
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            chunk = sock.recv(SEND_CHUNK)
+            if not chunk:
+                raise BenchError("the far side closed during the handshake") from None
+            incoming.write(chunk)
+    sock.sendall(outgoing.read())
+
+
+def far_side_capacity(setup: Setup, data: memoryview, record: int) -> list[float]:
+    """The silent far side's own speed: ciphertext in `record`-byte records, encrypted in
+    advance, poured straight into it: [MB/s, far side CPU %, harness CPU %]."""
+    session, header = quiet_header(len(data))
+    sock, header_ciphertext, payload = encrypted_session(
+        setup.creds, setup.far_port, header, data, record
+    )
+    with sock:
+        write = sock_writer(sock)
+        write(memoryview(header_ciphertext))
+        wait_report(setup.reports, session, "ready")
+
+        def transfer() -> float:
+            write(memoryview(payload))
+            return wait_report(setup.reports, session, "done")["last"]
+
+        return timed_transfer(len(data), transfer, [setup.far_pid])
+
+
 # ---------------------------------------------------------------------------- 3. latency
 
 WARMUP = 200
 
 
-def round_trips(sock: socket.socket, count: int) -> list[float]:
+def echo_samples(
+    send: Callable[[bytes], object], recv: Callable[[], bytes], count: int
+) -> list[float]:
     """`count` 1-byte echo round trips after a warm-up, in microseconds."""
-    sock.settimeout(IO_TIMEOUT)
-    start_session(sock, b"E")
     samples = []
     for i in range(WARMUP + count):
         started = time.perf_counter_ns()
-        sock.sendall(b"x")
-        if sock.recv(1) != b"x":
+        send(b"x")
+        if recv() != b"x":
             raise BenchError("echo returned the wrong byte")
         if i >= WARMUP:
             samples.append((time.perf_counter_ns() - started) / 1000)
     return samples
+
+
+def round_trips(sock: socket.socket, count: int) -> list[float]:
+    """`count` 1-byte echo round trips over `sock` (the far side in ``E`` mode)."""
+    sock.settimeout(IO_TIMEOUT)
+    start_session(sock, b"E")
+    return echo_samples(sock.sendall, lambda: sock.recv(1), count)
+
+
+def pty_read_byte(fd: int) -> bytes:
+    """One byte from the pty, waiting at most IO_TIMEOUT."""
+    wait_fd(fd, select.POLLIN, IO_TIMEOUT)
+    return os.read(fd, 1)
+
+
+def pty_latency_round(procs: Procs, contestant: Contestant, count: int) -> list[float]:
+    """A keystroke written to a fresh bridge's pty, echoed by the far side, read back from
+    the pty: [p50, p99, min] in microseconds."""
+    with pty_bridge(procs, contestant) as (_, fd):
+        pty_write_all(fd, memoryview(b"E"))
+        pty_expect(fd, b"R")
+        samples = echo_samples(lambda b: os.write(fd, b), lambda: pty_read_byte(fd), count)
+    return percentiles(samples)
 
 
 def percentiles(samples: list[float]) -> list[float]:
@@ -295,6 +493,44 @@ def latency_direct(creds: Creds, far_port: int, count: int, rounds: int) -> list
         with tls_connect(creds, far_port) as sock:
             results.append(percentiles(round_trips(sock, count)))
     return latency_figures(results)
+
+
+# ---------------------------------------------------------------------------- first byte
+
+
+def fresh_session_round(procs: Procs, contestant: Contestant, data: memoryview) -> list[float]:
+    """A new session to the silent far side, written at once: the clock starts before the
+    harness connects to a fresh bridge's local port; the header and `data` follow at once.
+
+    Returns [ms to the far side's first byte, s to its last byte, the far side's handshake
+    duration in s (accept to done), the longest pause between its reads in s, the bytes it had
+    read when that pause began].
+    """
+    reports = contestant.setup.reports
+    session, header = quiet_header(len(data))
+    with bridge(procs, contestant) as (_, lport):
+        started = now()
+        with tcp_connect(lport) as sock:
+            write = sock_writer(sock)
+            write(memoryview(header))
+            write(data)
+            done = wait_report(reports, session, "done")
+    handshake = done["handshake_done"] - done["accepted"]
+    first_ms = (done["first"] - started) * 1000
+    return [first_ms, done["last"] - started, handshake, done["longest_pause"], done["pause_after"]]
+
+
+def fresh_session_figures(rounds: list[list[float]]) -> list[Figure]:
+    """[first byte ms, whole push s]: medians over the rounds, every reading in the details."""
+    details: dict[str, object] = {
+        "first_byte_ms_rounds": [round(r[0], 2) for r in rounds],
+        "push_s_rounds": [round(r[1], 3) for r in rounds],
+        "far_side_handshake_s": [round(r[2], 4) for r in rounds],
+        "longest_pause_s": [round(r[3], 4) for r in rounds],
+        "pause_after_bytes": [int(r[4]) for r in rounds],
+    }
+    first = statistics.median(r[0] for r in rounds)
+    return [Figure(first, details), Figure(statistics.median(r[1] for r in rounds), details)]
 
 
 # ---------------------------------------------------------------------------- 4. sessions
@@ -492,7 +728,7 @@ def handshakes_per_process(procs: Procs, contestant: Contestant, seconds: float)
     return Figure(done / elapsed, details)
 
 
-# ---------------------------------------------------------------------------- 5. start-up
+# ---------------------------------------------------------------------- 5. start-up, idle memory
 
 
 def startup(procs: Procs, contestant: Contestant, rounds: int) -> Figure:
@@ -506,3 +742,40 @@ def startup(procs: Procs, contestant: Contestant, rounds: int) -> Figure:
         finally:
             procs.kill(proc)
     return Figure(statistics.median(results), {"rounds": [round(r, 4) for r in results]})
+
+
+def rss_mib(proc: Proc) -> float:
+    """The RSS of `proc`'s process tree in MiB, once its memory has settled."""
+    time.sleep(SETTLE)
+    return memory_kib(proc.popen.pid)[0] / 1024
+
+
+def idle_rss(procs: Procs, contestant: Contestant, rounds: int) -> Figure:
+    """RSS of one idle bridge (listening on its local port, no session) in MiB, median of
+    `rounds` starts."""
+    results = []
+    for _ in range(rounds):
+        with bridge(procs, contestant) as (proc, _):
+            results.append(rss_mib(proc))
+    return Figure(statistics.median(results), {"rounds_mib": [round(r, 2) for r in results]})
+
+
+def has_output(proc: Proc) -> bool:
+    """True once `proc` has written something to stdout."""
+    return proc.out_path.stat().st_size > 0
+
+
+def import_floor_rss(procs: Procs, rounds: int) -> Figure:
+    """RSS in MiB of this interpreter (``-I``) holding only ``import trio, ssl,
+    cryptography.x509``: what any bridge on this stack pays before it does anything."""
+    results = []
+    for _ in range(rounds):
+        proc = procs.spawn("import floor", [sys.executable, "-I", "-c", IMPORT_FLOOR])
+        try:
+            wait_until(proc, functools.partial(has_output, proc), "imports", REPLY_TIMEOUT)
+            results.append(rss_mib(proc))
+        finally:
+            procs.kill(proc)
+    details: dict[str, object] = {"python": sys.executable, "code": IMPORT_FLOOR}
+    details["rounds_mib"] = [round(r, 2) for r in results]
+    return Figure(statistics.median(results), details)

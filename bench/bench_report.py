@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUBJECT = "chardev-bridge"
+PEERS = ("socat", "stunnel")
 Compare = Callable[[float, float], bool]
 
 
@@ -25,32 +26,36 @@ class Metric:
     """One row of the table: a figure per contestant, the ratio and the issue's target.
 
     `target_ratio` is checked against chardev-bridge / best peer, `target_abs` against
-    chardev-bridge's own figure; either may be absent.
+    chardev-bridge's own figure, `target_slack` against the best peer's figure plus (or, when
+    higher is better, minus) that much; any of them may be absent. `peers` are what the ratio is
+    taken against: socat and stunnel, or the trio floor for the rows whose target is relative
+    to the bridge's own stack.
     """
 
     key: str
     label: str
     higher_is_better: bool
-    peers: tuple[str, ...] = ("socat", "stunnel")
+    peers: tuple[str, ...] = PEERS
     target_ratio: float | None = None
     target_abs: float | None = None
+    target_slack: float | None = None
     target_text: str = "-"
     values: dict[str, float] = field(default_factory=dict)
     na: dict[str, str] = field(default_factory=dict)
     details: dict[str, dict[str, object]] = field(default_factory=dict)
     reference: float | None = None  # the far side reached directly, no bridge
 
-    def best_peer(self) -> tuple[str, float] | None:
-        """The best measured peer and its figure."""
-        measured = [(self.values[p], p) for p in self.peers if p in self.values]
+    def best_peer(self, peers: tuple[str, ...] | None = None) -> tuple[str, float] | None:
+        """The best measured of `peers` (default: the row's) and its figure."""
+        measured = [(self.values[p], p) for p in peers or self.peers if p in self.values]
         if not measured:
             return None
         value, name = max(measured) if self.higher_is_better else min(measured)
         return name, value
 
-    def ratio(self) -> float | None:
-        """chardev-bridge / best peer, when both were measured."""
-        best = self.best_peer()
+    def ratio(self, peers: tuple[str, ...] | None = None) -> float | None:
+        """chardev-bridge / best of `peers` (default: the row's), when both were measured."""
+        best = self.best_peer(peers)
         if best is None or SUBJECT not in self.values or best[1] == 0:
             return None
         return self.values[SUBJECT] / best[1]
@@ -62,9 +67,13 @@ class Metric:
         if self.target_ratio is not None:
             ratio = self.ratio()
             checks.append(None if ratio is None else better(ratio, self.target_ratio))
+        mine = self.values.get(SUBJECT)
         if self.target_abs is not None:
-            mine = self.values.get(SUBJECT)
             checks.append(None if mine is None else better(mine, self.target_abs))
+        if self.target_slack is not None:
+            best = self.best_peer()
+            slack = -self.target_slack if self.higher_is_better else self.target_slack
+            checks.append(None if mine is None or best is None else better(mine, best[1] + slack))
         if not checks or None in checks:
             return None
         return all(checks)
@@ -81,6 +90,8 @@ class Metric:
             "best_peer": best[0] if best else None,
             "ratio": self.ratio(),
             "target": self.target_text,
+            "target_abs": self.target_abs,
+            "target_slack": self.target_slack,
             "target_met": self.met(),
             "details": self.details,
         }

@@ -5,16 +5,22 @@ bench/results/latest.json, and exits 0 even when a contestant could not be measu
 contestant's cells read ``n/a`` and the reason is printed under the table).
 
 All contestants run in turn on this machine against one shared far side (bench_farside.py): a
-TLS server on 127.0.0.1 that requires the client certificate. Certificates are made fresh in a
-temporary directory laid out as QEMU tls-creds-x509 directories. Every child process is killed
-on the way out, also on errors, Ctrl-C and SIGTERM.
+TLS server on 127.0.0.1, in its own process, that requires the client certificate, and either
+answers (``R`` when the path is up, ``K`` when all bytes are in, an echo) or stays silent (it
+never sends a byte and reports to the harness over a unix datagram socket instead). Its headroom
+is measured in every run (`far_side_headroom`). Certificates are made fresh in a temporary
+directory laid out as QEMU tls-creds-x509 directories. Every child process is killed on the way
+out, also on errors, Ctrl-C and SIGTERM.
 
 A fourth column, "trio floor" (bench_floor.py), is not a peer: it is the least a relay on the
-bridge's own stack can do, run in the bulk and latency rounds, so that each run splits the gap to
-socat and stunnel into what the stack costs and what the bridge adds.
+bridge's own stack can do, run in the bulk, latency and first-byte rounds, so that each run
+splits the gap to socat and stunnel into what the stack costs and what the bridge adds. The
+latency targets are relative to it; in the idle-memory row the same column holds the import
+floor (the interpreter with ``import trio, ssl, cryptography.x509`` and nothing else).
 
     python bench/run.py            # the full run (a few minutes)
     python bench/run.py --quick    # small sizes, to check that it works
+    python bench/run.py --quick --measure pty-latency --only chardev-bridge,socat
 """
 
 from __future__ import annotations
@@ -40,13 +46,30 @@ from typing import cast
 import bench_measure as bm
 from bench_certs import Creds, make_creds
 from bench_contestants import ChardevBridge, Contestant, Setup, TrioFloor, all_contestants
+from bench_farside import Reports
 from bench_procs import BenchError, Proc, Procs, wait_until
-from bench_report import SUBJECT, Metric, machine, ratios_to, table, write_json
+from bench_report import PEERS, SUBJECT, Metric, machine, ratios_to, table, write_json
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 MIB = 1 << 20
-MEASUREMENTS = ("bulk", "pty", "latency", "sessions", "handshakes", "startup")
+MEASUREMENTS = (
+    "bulk", "bulk-silent", "pty", "pty-silent", "latency", "pty-latency", "first-byte",
+    "sessions", "handshakes", "startup", "idle-memory",
+)  # fmt: skip
+IDLE_SLACK_MIB = 4  # CLARIFICATIONS.md, issue 15: one idle bridge <= the import floor + 4 MiB
+# Where the bridge's replay window is defined, and its three constants: the first-byte rows'
+# target is "no added wait beyond the window", so the bench reads the window from the code it
+# measures.
+BRIDGE_MODULE = Path("chardev_bridge") / "bridge.py"
+WINDOW_CONSTANTS = ("REPLAY_WINDOW_FLOOR", "REPLAY_WINDOW_HANDSHAKES", "_QUICK_REJECT_SECONDS")
+# The far side's headroom: which row shows it, measured with which record size. 16 KiB is what
+# every contestant sends in bulk; 4 KiB is a pty read's size, socat's record size on a pty.
+CAPACITY_RECORDS = {
+    "bulk_q": (("bulk", "bulk-silent"), 16 << 10),
+    "pty_q": (("pty", "pty-silent"), 4 << 10),
+}
+HEADROOM = 1.25  # how far the far side's own speed must be ahead of the fastest contestant
 WORKAROUND_OFF = f"{SUBJECT} (workaround off)"
 FLOOR = TrioFloor.name
 
@@ -57,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: checks the harness works")
     p.add_argument("--bulk-mib", type=int, help="bytes per bulk round, MiB (256; quick 32)")
     p.add_argument("--pty-mib", type=int, help="bytes per pty round, MiB (256; quick 32)")
+    p.add_argument(
+        "--fresh-mib",
+        type=int,
+        help="bytes pushed into each new silent session, MiB (64; quick 16)",
+    )
+    p.add_argument("--idle-rounds", type=int, help="idle-memory samples per process (3; quick 2)")
     p.add_argument("--rounds", type=int, help="rounds per throughput and latency figure (5)")
     p.add_argument(
         "--round-trips", type=int, help="round trips per latency round (3000; quick 1000)"
@@ -94,6 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = {
         "bulk_mib": (256, 32),
         "pty_mib": (256, 32),
+        "fresh_mib": (64, 16),
+        "idle_rounds": (3, 2),
         "rounds": (5, 3),
         "round_trips": (3000, 1000),
         "sessions": (1000, 100),
@@ -108,17 +139,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_metrics(args: argparse.Namespace) -> dict[str, Metric]:
     """The table's rows, with the issue's targets."""
+    socat, floor = ("socat",), (FLOOR,)
     rows = [
-        Metric("bulk", "bulk MB/s", True, target_ratio=1.0, target_text=">= 1.0x"),
-        Metric("pty", "pty MB/s", True, peers=("socat",), target_ratio=1.0,
+        Metric("bulk", "bulk MB/s, far side answers", True, target_ratio=1.0,
+               target_text=">= 1.0x"),
+        Metric("bulk_q", "bulk MB/s, far side silent", True, target_ratio=1.0,
+               target_text=">= 1.0x"),
+        Metric("pty", "pty MB/s, far side answers", True, peers=socat, target_ratio=1.0,
                target_text=">= 1.0x socat"),
-        Metric("p50", "latency p50 us", False, target_ratio=1.0, target_text="<= 1.0x"),
-        Metric("p99", "latency p99 us", False, target_ratio=1.2, target_text="<= 1.2x"),
+        Metric("pty_q", "pty MB/s, far side silent", True, peers=socat, target_ratio=1.0,
+               target_text=">= 1.0x socat"),
+        Metric("p50", "latency p50 us", False, peers=floor, target_ratio=1.15,
+               target_text="<= 1.15x floor"),
+        Metric("p99", "latency p99 us", False, peers=floor, target_ratio=1.3,
+               target_text="<= 1.3x floor"),
+        Metric("pty_p50", "pty keystroke echo p50 us", False, peers=socat,
+               target_text="- (vs socat)"),
+        Metric("pty_p99", "pty keystroke echo p99 us", False, peers=socat,
+               target_text="- (vs socat)"),
+        Metric("first", "first byte, new silent session, ms", False,
+               target_text="<= best + window"),
+        Metric("fresh", f"{args.fresh_mib} MiB, new silent session, s", False,
+               target_text="<= best + window"),
         Metric("held", "idle sessions held", True, target_abs=args.sessions,
                target_text=f">= {args.sessions}"),
         Metric("mem", "KiB per idle session", False, target_abs=64, target_text="<= 64 KiB"),
         Metric("hs", "TLS handshakes/s", True, peers=("stunnel",), target_text="- (vs stunnel)"),
         Metric("start", "start-up s", False, target_abs=0.3, target_text="<= 0.3 s"),
+        Metric("idle", "idle process RSS MiB (floor: imports)", False, peers=floor,
+               target_text=f"<= floor + {IDLE_SLACK_MIB} MiB"),
         Metric("qemu", "QEMU 7.2 workaround cost %", False, peers=(), target_abs=5,
                target_text="<= 5 %"),
     ]  # fmt: skip
@@ -191,10 +240,11 @@ def throughput(rounds: list[list[float]]) -> list[bm.Figure]:
     return [bm.throughput_figure(rounds, ["bridge", "farside", "harness"])]
 
 
-def start_far_side(procs: Procs, creds: Creds) -> tuple[Proc, int]:
-    """Start bench_farside.py and read the port it prints."""
+def start_far_side(procs: Procs, creds: Creds, reports: Reports) -> tuple[Proc, int]:
+    """Start bench_farside.py, reporting to `reports`, and read the port it prints."""
     script = str(BENCH_DIR / "bench_farside.py")
-    proc = procs.spawn("farside", [sys.executable, script, str(creds.server_dir)])
+    argv = [sys.executable, script, str(creds.server_dir), str(reports.path)]
+    proc = procs.spawn("farside", argv)
     pattern = re.compile(r"^port (\d+)$", re.MULTILINE)
 
     def port_line() -> re.Match[str] | None:
@@ -229,8 +279,23 @@ def run_contestants(
     def pty_round(c: Contestant) -> list[float]:
         return bm.pty_round(procs, c, pty_data)
 
+    def silent_round(c: Contestant) -> list[float]:
+        return bm.silent_round(procs, c, bulk_data)
+
+    def silent_pty_round(c: Contestant) -> list[float]:
+        return bm.silent_pty_round(procs, c, pty_data)
+
     def latency_round(c: Contestant) -> list[float]:
         return bm.latency_round(procs, c, a.round_trips)
+
+    def pty_latency_round(c: Contestant) -> list[float]:
+        return bm.pty_latency_round(procs, c, a.round_trips)
+
+    def fresh_round(c: Contestant) -> list[float]:
+        return bm.fresh_session_round(procs, c, data[: a.fresh_mib * MIB])
+
+    def silent(rounds: list[list[float]]) -> list[bm.Figure]:
+        return [bm.silent_figure(rounds)]
 
     def sessions(c: Contestant) -> list[bm.Figure]:
         return bm.sessions(procs, c, a.sessions, a.process_sample)
@@ -245,13 +310,28 @@ def run_contestants(
         bulk = [m["bulk"]]
         interleaved(bulk, joining("bulk"), a.rounds, bulk_round, throughput)
         workaround_cost(m, setup)
+    if "bulk-silent" in todo:
+        say(f"bulk, silent far side: {a.bulk_mib} MiB x {a.rounds} rounds")
+        interleaved([m["bulk_q"]], joining("bulk-silent"), a.rounds, silent_round, silent)
     if "pty" in todo:
         say(f"pty: {a.pty_mib} MiB x {a.rounds} rounds")
         interleaved([m["pty"]], joining("pty"), a.rounds, pty_round, throughput)
+    if "pty-silent" in todo:
+        say(f"pty, silent far side: {a.pty_mib} MiB x {a.rounds} rounds")
+        interleaved([m["pty_q"]], joining("pty-silent"), a.rounds, silent_pty_round, silent)
     if "latency" in todo:
         say(f"latency: {a.round_trips} round trips x {a.rounds} rounds")
         rows = [m["p50"], m["p99"]]
         interleaved(rows, joining("latency"), a.rounds, latency_round, bm.latency_figures)
+    if "pty-latency" in todo:
+        say(f"pty keystroke latency: {a.round_trips} round trips x {a.rounds} rounds")
+        rows = [m["pty_p50"], m["pty_p99"]]
+        interleaved(rows, joining("pty-latency"), a.rounds, pty_latency_round, bm.latency_figures)
+    if "first-byte" in todo:
+        say(f"new sessions to the silent far side: {a.fresh_mib} MiB x {a.rounds} rounds")
+        rows = [m["first"], m["fresh"]]
+        interleaved(rows, joining("first-byte"), a.rounds, fresh_round, bm.fresh_session_figures)
+        replay_window_slack(m, a.bridge_src)
     if "sessions" in todo:
         say(f"sessions: {a.sessions} idle")
         each([m["held"], m["mem"]], joining("sessions"), sessions)
@@ -261,6 +341,65 @@ def run_contestants(
     if "startup" in todo:
         say(f"start-up: {a.startup_rounds} rounds")
         each([m["start"]], joining("startup"), lambda c: [bm.startup(procs, c, a.startup_rounds)])
+    if "idle-memory" in todo:
+        say(f"idle memory: {a.idle_rounds} rounds")
+        idle_memory(m["idle"], joining("idle-memory"), procs, a.idle_rounds)
+
+
+def idle_memory(row: Metric, contestants: Sequence[Contestant], procs: Procs, rounds: int) -> None:
+    """One idle process's RSS per contestant, and the import floor in the floor column; the
+    target is that floor + IDLE_SLACK_MIB, both from this run."""
+    try:
+        floor = bm.import_floor_rss(procs, rounds)
+    except (BenchError, OSError) as exc:
+        mark_na([row], FLOOR, exc)
+    else:
+        row.values[FLOOR], row.details[FLOOR] = floor.value, floor.details
+        row.target_abs = floor.value + IDLE_SLACK_MIB
+        row.target_text = f"<= {row.target_abs:.1f} (floor + {IDLE_SLACK_MIB})"
+        say(f"  import floor: {floor.value:.1f} MiB")
+    each([row], contestants, lambda c: [bm.idle_rss(procs, c, rounds)])
+
+
+def replay_window_constants(bridge_src: Path) -> dict[str, float]:
+    """REPLAY_WINDOW_FLOOR, REPLAY_WINDOW_HANDSHAKES and _QUICK_REJECT_SECONDS as the bridge
+    under test defines them ({} when they cannot all be found)."""
+    try:
+        text = (bridge_src / BRIDGE_MODULE).read_text()
+    except OSError:
+        return {}
+    found = {}
+    for name in WINDOW_CONSTANTS:
+        match = re.search(rf"^{name}\s*=\s*([0-9.]+)\s*$", text, re.MULTILINE)
+        if match:
+            found[name] = float(match.group(1))
+    return found if len(found) == len(WINDOW_CONSTANTS) else {}
+
+
+def replay_window_slack(m: dict[str, Metric], bridge_src: Path) -> None:
+    """Set the first-byte rows' slack to the replay window the bridge chose in its rounds.
+
+    The window is a multiple of the bridge's handshake duration, with a floor and a cap
+    (bridge.replay_window); the handshake duration taken here is the far side's (accept to
+    handshake done), median of the bridge's rounds: a little shorter than the bridge's own
+    reading, so the slack errs on the strict side.
+    """
+    constants = replay_window_constants(bridge_src)
+    first, fresh = m["first"], m["fresh"]
+    handshakes = cast(list[float], first.details.get(SUBJECT, {}).get("far_side_handshake_s"))
+    if not constants or not handshakes:
+        why = f"no replay window constants in {BRIDGE_MODULE}" if not constants else ""
+        for row in (first, fresh):
+            row.details["window"] = {"n/a": why or "no rounds of chardev-bridge"}
+        return
+    floor, times, cap = (constants[name] for name in WINDOW_CONSTANTS)
+    window = min(cap, max(floor, times * statistics.median(handshakes)))
+    first.target_slack, fresh.target_slack = window * 1000, window
+    first.target_text = f"<= best + {window * 1000:.0f} ms"
+    fresh.target_text = f"<= best + {window:.2f} s"
+    for row in (first, fresh):
+        row.details["window"] = {"window_s": round(window, 4), **constants}
+    say(f"  the bridge's replay window in these rounds: {window:.3f} s")
 
 
 def workaround_cost(m: dict[str, Metric], setup: Setup) -> None:
@@ -312,7 +451,8 @@ def workaround_cost(m: dict[str, Metric], setup: Setup) -> None:
 
 
 def run_reference(m: dict[str, Metric], s: Setup, data: memoryview, a: argparse.Namespace) -> None:
-    """The far side reached directly by the harness's own TLS client: its headroom."""
+    """The far side reached directly by the harness's own TLS client (the ``direct`` column),
+    and the silent far side's own speed (`far_side_capacity`): its headroom."""
     todo = a.measure.split(",")
     say("direct (no bridge), the far side's headroom:")
     figures: list[tuple[str, bm.Figure]] = []
@@ -322,6 +462,10 @@ def run_reference(m: dict[str, Metric], s: Setup, data: memoryview, a: argparse.
     if "latency" in todo:
         p50, p99 = bm.latency_direct(s.creds, s.far_port, a.round_trips, a.rounds)
         figures += [("p50", p50), ("p99", p99)]
+    for key, (measurements, record) in CAPACITY_RECORDS.items():
+        if set(measurements) & set(todo):
+            size = (a.pty_mib if key == "pty_q" else a.bulk_mib) * MIB
+            figures.append((key, far_side_capacity(s, data[:size], record, a.rounds)))
     if "handshakes" in todo:
         hs = bm.handshakes_direct(
             s.creds, s.far_pid, s.far_port, a.handshake_seconds, a.handshake_workers
@@ -331,6 +475,62 @@ def run_reference(m: dict[str, Metric], s: Setup, data: memoryview, a: argparse.
         m[key].reference = figure.value
         m[key].details["direct"] = figure.details
         say(f"  {m[key].label} {figure.value:.4g}")
+
+
+def far_side_capacity(setup: Setup, data: memoryview, record: int, rounds: int) -> bm.Figure:
+    """The silent far side's own speed with ciphertext in `record`-byte records, poured from
+    memory: what no contestant's figure may reach if the far side is not to limit it."""
+    results = [bm.far_side_capacity(setup, data, record) for _ in range(rounds)]
+    figure = bm.throughput_figure(results, ["farside", "harness"])
+    figure.details["record_bytes"] = record
+    return figure
+
+
+def far_side_headroom(m: dict[str, Metric]) -> dict[str, object]:
+    """For each throughput row: the far side's capacity against the fastest contestant's figure
+    (each contestant's median), and whether it was at least HEADROOM times ahead, so that it
+    could not be what limited any contestant.
+
+    The capacity is the silent far side's (`far_side_capacity`), for the answering rows too: both
+    sink through the same `Conn`. The answering bulk row's ``direct`` figure is not used: there
+    the harness's own TLS client, not the far side, sets the pace.
+    """
+    check: dict[str, object] = {}
+    for key, capacity_key in (("bulk", "bulk_q"), ("bulk_q", "bulk_q"), ("pty", "pty_q"),
+                              ("pty_q", "pty_q")):  # fmt: skip
+        capacity, row = m[capacity_key].reference, m[key]
+        if capacity is None or not row.values:
+            continue
+        fastest = max(row.values, key=lambda name: row.values[name])
+        ahead = capacity / row.values[fastest]
+        check[key] = {"capacity_mb_s": round(capacity, 1), "fastest": fastest,
+                      "fastest_mb_s": round(row.values[fastest], 1), "times_ahead": round(ahead, 2),
+                      "ok": ahead >= HEADROOM}  # fmt: skip
+    return check
+
+
+def headroom_text(headroom: dict[str, object]) -> str:
+    """One line per throughput row: the far side's capacity against the fastest contestant."""
+    lines = [f"far side headroom (its own speed must be >= {HEADROOM}x the fastest contestant):"]
+    for key, check in headroom.items():
+        c = cast(dict[str, object], check)
+        verdict = "ok" if c["ok"] else "NOT ENOUGH: the far side may have limited this row"
+        lines.append(
+            f"  {key}: {c['capacity_mb_s']} MB/s vs {c['fastest']} {c['fastest_mb_s']} MB/s "
+            f"({c['times_ahead']}x): {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def ratios_to_peers(metrics: dict[str, Metric]) -> dict[str, float]:
+    """chardev-bridge / best of socat and stunnel in the rows whose own ratio is taken against
+    the floor column (latency, idle memory), so that those ratios are shown too."""
+    ratios = {}
+    for key, m in metrics.items():
+        ratio = m.ratio(PEERS) if m.peers == (FLOOR,) else None
+        if ratio is not None:
+            ratios[key] = ratio
+    return ratios
 
 
 def far_side_summary(far: Proc) -> dict[str, int]:
@@ -349,15 +549,16 @@ def run_all(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, obj
     # some shells set, would otherwise make every start compile every module again).
     compileall.compile_dir(str(args.bridge_src), quiet=1)
     creds = make_creds(work / "creds")
-    far, far_port = start_far_side(procs, creds)
-    setup = Setup(creds, far_port, far.popen.pid, far.err_path, work, args.bridge_src)
+    reports = Reports(work / "reports.sock")
+    far, far_port = start_far_side(procs, creds, reports)
+    setup = Setup(creds, far_port, far.popen.pid, far.err_path, work, args.bridge_src, reports)
     contestants = all_contestants(setup)
     if args.only:
         contestants = [c for c in contestants if c.name in args.only.split(",")]
     metrics = make_metrics(args)
     # One buffer of random bytes for every round: what the issue asks, and TLS would not
     # compress anything anyway.
-    data = memoryview(os.urandom(max(args.bulk_mib, args.pty_mib) * MIB))
+    data = memoryview(os.urandom(max(args.bulk_mib, args.pty_mib, args.fresh_mib) * MIB))
     run_reference(metrics, setup, data, args)
     live: list[Contestant] = []
     for c in contestants:
@@ -381,6 +582,13 @@ def run_all(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, obj
     if vs_floor:
         shown = ", ".join(f"{metrics[k].label} {v:.2f}" for k, v in vs_floor.items())
         print(f"chardev-bridge / {FLOOR} (what the bridge adds to its stack): {shown}")
+    vs_peers = ratios_to_peers(metrics)
+    if vs_peers:
+        shown = ", ".join(f"{metrics[k].label} {v:.2f}" for k, v in vs_peers.items())
+        print(f"chardev-bridge / best of socat and stunnel, rows against the floor: {shown}")
+    headroom = far_side_headroom(metrics)
+    print(headroom_text(headroom))
+    reports.close()
     return {
         "machine": host,
         "args": vars(args),
@@ -388,6 +596,8 @@ def run_all(args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, obj
         "far_side_connections": far_side_summary(far),
         "metrics": {k: m.as_json() for k, m in metrics.items()},
         "ratios_to_floor": vs_floor,
+        "ratios_to_best_peer_where_target_is_floor": vs_peers,
+        "far_side_headroom": headroom,
     }
 
 

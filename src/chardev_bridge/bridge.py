@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.backoff import Backoff, RepeatFilter
+from chardev_bridge.backoff import Backoff, ReconnectBackoff, RepeatFilter, is_refused
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import (
     STREAM_ERRORS,
@@ -542,10 +542,11 @@ class Bridge:
             return 0
         cfg = self.cfg
         target = format_hostport(cfg.host, cfg.port)
-        backoff = Backoff(cfg.reconnect or 0.0, max(cfg.reconnect_max, cfg.reconnect or 0.0))
+        backoff = ReconnectBackoff(cfg.reconnect or 0.0, cfg.reconnect_max)
         repeats = RepeatFilter()
         while not self.stopping:
             began = trio.current_time()
+            self._refused = False
             failure = await self._connect_once(target, repeats)
             if self.local.exhausted or self.stopping:
                 return 0
@@ -553,7 +554,7 @@ class Bridge:
                 return 0 if failure is None else 1
             if trio.current_time() - began >= _STABLE_SESSION_SECONDS:
                 backoff.reset()
-            delay = backoff.next_delay()
+            delay = backoff.next_delay(refused=self._refused)
             log.debug("reconnecting to %s in %.1fs", target, delay)
             await trio.sleep(delay)
         return 0
@@ -604,6 +605,8 @@ class Bridge:
                 tcp = DirectSocketStream.adopt(await trio.open_tcp_stream(cfg.host, cfg.port))
             remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
         except _CONNECT_ERRORS as exc:
+            # Nothing listens there (yet): cheap to ask again soon.
+            self._refused = tcp is None and is_refused(exc)
             if not self.local.persistent:
                 await trio.aclose_forcefully(local_stream)
             if tcp is not None:

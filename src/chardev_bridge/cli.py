@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect",
         type=_positive_float,
         metavar="SECONDS",
-        help="connecting bridge: retry after failures and disconnects, first after SECONDS",
+        help="connecting bridge: retry after failures and disconnects. A refused connection"
+        " (nothing listens yet: QEMU restarting) is retried after 0.1 s, doubling up to"
+        " SECONDS; anything else (a host that is down, a timeout, a session that ended) after"
+        " SECONDS, doubling up to --reconnect-max",
     )
     net.add_argument(
         "--reconnect-max",

@@ -19,6 +19,7 @@ from chardev_bridge.datapath import (
     keep_read_buffers_off_mmap,
 )
 from chardev_bridge.fdqueue import unread_bytes
+from chardev_bridge.holding import HeldBytes, dropped_line
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
@@ -149,6 +150,8 @@ class Bridge:
         self._idle_reader_gone = trio.Event()
         self._no_session = trio.Event()
         self._no_session.set()
+        # Local bytes read between sessions, with their age (a pty's default, --hold-max).
+        self._held: HeldBytes | None = None
         self._dropped_while_idle = 0
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
@@ -169,6 +172,9 @@ class Bridge:
                         nursery.start_soon(scrollback.run)
                     if self.cfg.when_disconnected == "drop":
                         nursery.start_soon(self._drop_while_disconnected)
+                    elif self.cfg.hold_limit is not None:
+                        self._held = HeldBytes(self.cfg.hold_limit)
+                        nursery.start_soon(self._hold_while_disconnected, self._held)
                 if self.cfg.listen:
                     await self._serve(ready, task_status)
                 else:
@@ -330,6 +336,54 @@ class Bridge:
                 self._idle_scope = None
                 self._idle_reader_gone.set()
 
+    async def _hold_while_disconnected(self, held: HeldBytes) -> None:
+        """A hold limit: between sessions, read local bytes into ``held`` with the time they
+        arrived, so that the next session gets only those young enough (see _claim). Reading
+        stops while ``held`` is full, until its oldest bytes age out."""
+        assert self._local_stream is not None
+        while True:
+            while self.sessions or not self._no_session.is_set():
+                await self._no_session.wait()
+            if self.carry.pending:
+                # What the last session read but could not send is held from its end on.
+                held.add(bytes(self.carry.pending), trio.current_time())
+                self.carry.pending = memoryview(b"")
+            self._idle_reader_gone = trio.Event()
+            try:
+                with trio.CancelScope() as self._idle_scope:
+                    while True:
+                        held.expire(trio.current_time())
+                        if not held.room():
+                            await trio.sleep_until(held.next_expiry())
+                            continue
+                        try:
+                            data = await self._local_stream.receive_some(held.room())
+                        except STREAM_ERRORS as exc:
+                            # The next session meets the same failure and reports it too.
+                            log.error(
+                                "local end %s failed while disconnected: %s",
+                                self.local.describe(),
+                                describe_tls_error(exc),
+                            )
+                            return
+                        if not data:
+                            return  # its end: the next session reads it again
+                        if self.traffic is not None:
+                            self.traffic.to_remote(data)
+                        held.add(data, trio.current_time())
+            finally:
+                self._idle_scope = None
+                self._idle_reader_gone.set()
+
+    def _hand_over_held(self, held: HeldBytes) -> None:
+        """A session begins: drop held bytes that are too old, give it the rest."""
+        held.expire(trio.current_time())
+        dropped = held.take_dropped()
+        if dropped:
+            log.warning("%s", dropped_line(dropped, held.max_age))
+        if len(held):
+            self.carry.pending = memoryview(held.take() + bytes(self.carry.pending))
+
     async def _claim(self, remote: RemoteSession) -> _Active:
         """Mark ``remote`` as the active session; stops the idle discarder first."""
         self._no_session = trio.Event()
@@ -341,6 +395,8 @@ class Bridge:
         if self._dropped_while_idle:
             log.warning("%d local bytes were dropped while disconnected", self._dropped_while_idle)
             self._dropped_while_idle = 0
+        if self._held is not None:
+            self._hand_over_held(self._held)
         active = _Active(remote)
         self.sessions.append(active)
         return active

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.backoff import Backoff, ReconnectBackoff, RepeatFilter, is_refused
+from chardev_bridge.backoff import (
+    REFUSED_INITIAL,
+    Backoff,
+    ReconnectBackoff,
+    RepeatFilter,
+    is_refused,
+)
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import (
     STREAM_ERRORS,
@@ -56,6 +62,9 @@ _STABLE_SESSION_SECONDS = 10.0
 # How long a listening bridge keeps a remote client waiting while its socket local end
 # (QEMU's unix socket, say) is not there, retrying with backoff.
 _LOCAL_WAIT_SECONDS = 30.0
+
+# The longest delay between tries of a socket local end that is not there.
+_LOCAL_RETRY_MAX = 1.0
 
 # How often a remote waiting for its local end is checked for having left; the states are
 # Linux's (include/net/tcp_states.h), read from TCP_INFO.
@@ -572,7 +581,10 @@ class Bridge:
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
         """The local stream; a socket end that is not there yet is retried for a while."""
-        backoff = Backoff(0.1, 5.0)
+        # Often QEMU restarting: a unix socket that is not there costs nothing to try again,
+        # and what the guest prints before we connect is lost.
+        backoff = Backoff(REFUSED_INITIAL, _LOCAL_RETRY_MAX)
+        repeats = RepeatFilter()
         deadline = trio.current_time() + _LOCAL_WAIT_SECONDS
         while True:
             try:
@@ -581,10 +593,14 @@ class Bridge:
                 if trio.current_time() >= deadline:
                     raise
                 delay = backoff.next_delay()
-                log.warning(
-                    "local end %s not there (%s); retrying in %.1fs",
+                why = str(exc.strerror or exc)
+                log_it, count = repeats.should_log(why)
+                log.log(
+                    logging.WARNING if log_it else logging.DEBUG,
+                    "local end %s not there (%s%s); retrying in %.1fs",
                     self.local.describe(),
-                    exc.strerror or exc,
+                    why,
+                    f", {count} tries" if count > 1 else "",
                     delay,
                 )
                 await trio.sleep(delay)
@@ -648,6 +664,8 @@ class Bridge:
             try:
                 local_stream = await self._open_local()
             except OSError as exc:
+                # A socket that is not there yet (QEMU restarting) is retried fast too.
+                self._refused = isinstance(exc, FileNotFoundError) or is_refused(exc)
                 failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
                 log_it, count = repeats.should_log(failure)
                 if log_it or self.cfg.reconnect is None:

@@ -161,6 +161,8 @@ class Bridge:
         self._no_session.set()
         # Local bytes read between sessions, with their age (a pty's default, --hold-max).
         self._held: HeldBytes | None = None
+        # Whether the last connect attempt was refused (retried sooner than other failures).
+        self._refused = False
         self._dropped_while_idle = 0
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
@@ -394,7 +396,8 @@ class Bridge:
             self.carry.pending = memoryview(held.take() + bytes(self.carry.pending))
 
     async def _claim(self, remote: RemoteSession) -> _Active:
-        """Mark ``remote`` as the active session; stops the idle discarder first."""
+        """Mark ``remote`` as the active session; stops the idle discarder or holder first
+        and hands the session what may still be sent of the held bytes."""
         self._no_session = trio.Event()
         if self._idle_scope is not None:
             # Cancelling a trio receive loses nothing: the bytes go to the session instead.

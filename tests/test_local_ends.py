@@ -307,6 +307,43 @@ async def test_pty_number_reused_by_another_process_never_receives_a_byte(
     assert not log_messages(caplog, "is back")
 
 
+async def test_a_reconnecting_bridge_stops_once_its_pty_number_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    async with trio.open_nursery() as nursery:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        cfg = BridgeConfig(
+            host="127.0.0.1", port=port, local=LocalSpec("tty", path=path), reconnect=0.1
+        )
+        codes: list[int] = []
+
+        async def bridge() -> None:
+            codes.append(await run_bridge(cfg))
+
+        nursery.start_soon(bridge)
+        with trio.fail_after(10):
+            remote = await listener.accept()
+            os.close(slave)
+            vm = trio.lowlevel.FdStream(master)
+            await vm.send_all(b"console output")
+            assert await read_exactly(remote, 14) == b"console output"
+            await vm.aclose()  # QEMU exits
+            assert await remote.receive_some() == b""  # the line's end reaches the remote
+            await remote.aclose()
+            while not codes:
+                await trio.sleep(0.05)
+        await listener.aclose()
+    assert codes == [0]
+    assert log_messages(caplog, "is gone")[0].startswith(f"tty {path} is gone (hangup); a pty")
+    sessions = [m for m in log_messages(caplog, "connected to") if m.startswith("connected")]
+    assert len(sessions) == 1, sessions  # no reconnect: the line is over
+    assert log_messages(caplog, "has ended")  # as after stdin's EOF
+
+
 async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

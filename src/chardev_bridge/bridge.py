@@ -623,6 +623,9 @@ class Bridge:
             began = trio.current_time()
             self._refused = False
             failure = await self._connect_once(target, repeats)
+            if self.local.exhausted and not self.stopping and failure is None:
+                # (After a failure, the failure stays the last line.)
+                log.info("local end %s has ended; stopping", self.local.describe())
             if self.local.exhausted or self.stopping:
                 return 0
             if cfg.reconnect is None:

@@ -11,6 +11,9 @@
 set -euo pipefail
 CREDS=${CREDS:-./pki/client}
 HOST=${HOST:-vmhost.example.org}
+# --reconnect 0.5: once QEMU restarts (refused meanwhile, retried from 0.1 s) the bridge is back
+# within half a second, before QEMU (wait=off) drops much of the boot. --hold-max 2 (a pty's
+# default, written out): what is typed while the VM is down is dropped, not run in the next boot.
 exec chardev-bridge --host "$HOST" --port 9000 --tls-creds "$CREDS" \
-    --link "$HOME/vm-console" --reconnect 1
+    --link "$HOME/vm-console" --reconnect 0.5 --hold-max 2
 # Now attach any terminal program to the pty:  picocom -b 115200 ~/vm-console

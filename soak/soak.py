@@ -334,6 +334,9 @@ class Soak:
         args = ["--host", HOST, "--port", str(self.port)]
         args += ["--tls-creds", str(self.layout.client_dir), "--reconnect", "0.2"]
         args += ["--reconnect-max", "2", "--link", str(self.link)]
+        # A data channel: every byte written while the far bridge is down is kept for the
+        # next session, however long the restart takes (a pty's default drops old ones).
+        args += ["--when-disconnected", "block"]
         self.client = CliBridge(args, name="client")
         try:
             near_path = await self.client.pty_path(timeout=20)

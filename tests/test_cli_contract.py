@@ -502,11 +502,9 @@ def test_issue_4_option_defaults() -> None:
     assert cfg.handshake_timeout == 10
     assert cfg.reconnect_max == 30
     assert cfg.reconnect is None and cfg.idle_timeout is None
-    assert (cfg.when_disconnected, cfg.when_unread, cfg.second_client) == (
-        "block",
-        "block",
-        "reject",
-    )
+    assert (cfg.when_unread, cfg.second_client) == ("block", "reject")
+    # Local bytes while disconnected: the local end's default (a pty holds them up to 2 s).
+    assert cfg.when_disconnected is None and cfg.hold_max is None and cfg.hold_limit == 2.0
     assert cfg.scrollback == MiB
     assert cfg.tls_username is None
 

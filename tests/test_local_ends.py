@@ -21,9 +21,16 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import UnixListenEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
-from chardev_bridge.local.tty import TtyEnd
+from chardev_bridge.local.tty import (
+    DeviceIdentity,
+    TtyEnd,
+    names_a_pty_number,
+    never_reopened,
+    refuse_reopen,
+)
 from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
 from tests.conftest import PKI
+from tests.sessionkit import tcp_connect, wait_log
 
 
 async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
@@ -177,6 +184,226 @@ async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: P
 async def test_tty_end_refuses_a_missing_path_at_start(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await TtyEnd(str(tmp_path / "nope")).start()
+
+
+# -- a tty's identity is its configured path ----------------------------------------------------
+
+PTS = os.makedev(136, 10)  # /dev/pts/10
+TTY_USB0 = os.makedev(188, 0)
+
+
+def test_only_the_configured_string_decides_whether_a_path_names_a_pty_number() -> None:
+    assert names_a_pty_number("/dev/pts/10")
+    assert names_a_pty_number("/dev/../dev/pts/3")
+    assert not names_a_pty_number("/dev/serial/by-id/usb-FTDI-if00-port0")
+    assert not names_a_pty_number("/home/me/vm-console")  # a link to /dev/pts/N: followed
+    assert never_reopened("/dev/pts/10", DeviceIdentity(PTS))
+    # Another device node of a pty slave (mknod) is a pty number by another name.
+    assert never_reopened("/srv/console", DeviceIdentity(PTS))
+    assert not never_reopened("/home/me/vm-console", DeviceIdentity(PTS, (1, 2, 3)))
+    assert not never_reopened("/dev/ttyUSB0", DeviceIdentity(TTY_USB0))
+
+
+def test_a_device_node_is_reopened_only_as_the_same_device() -> None:
+    was = DeviceIdentity(TTY_USB0, None, "/dev/ttyUSB0")
+    assert refuse_reopen(was, DeviceIdentity(TTY_USB0, None, "/dev/ttyUSB0")) is None
+    refused = refuse_reopen(was, DeviceIdentity(os.makedev(188, 1), None, "/dev/ttyUSB0"))
+    assert refused == (
+        "it is now device 188:1, not 188:0 as before: not provably the same device,"
+        " so nothing is written to it"
+    )
+    refused = refuse_reopen(was, DeviceIdentity(PTS, None, "/dev/ttyUSB0"))
+    assert refused is not None and "a pty number is not an identity" in refused
+
+
+def test_a_link_is_followed_unless_it_was_left_pointing_at_a_pty_that_went_away() -> None:
+    link = (1, 77, 1000)
+    was = DeviceIdentity(PTS, link, "/dev/pts/10")
+    # Made again (new inode or ctime): the user's intent, whatever it points to.
+    assert refuse_reopen(was, DeviceIdentity(os.makedev(136, 12), (1, 78, 2000))) is None
+    assert refuse_reopen(was, DeviceIdentity(PTS, (1, 78, 2000))) is None
+    # The same link, still at the old number: whoever holds /dev/pts/10 now is a stranger.
+    refused = refuse_reopen(was, DeviceIdentity(PTS, link, "/dev/pts/10"))
+    assert refused is not None and "still points to /dev/pts/10" in refused
+    # A link to a device that is not a pty (a by-id name, ~/serial -> /dev/ttyUSB0): followed.
+    usb = DeviceIdentity(TTY_USB0, link, "/dev/ttyUSB0")
+    assert refuse_reopen(usb, DeviceIdentity(os.makedev(188, 1), link, "/dev/ttyUSB1")) is None
+
+
+def _take_pty_number(path: str, tries: int = 100) -> tuple[int | None, list[int]]:
+    """Open ptys until one gets ``path`` (the kernel hands out the lowest free number);
+    returns its master (None if another process got the number first) and every fd opened."""
+    opened: list[int] = []
+    for _ in range(tries):
+        master, slave = os.openpty()
+        opened += [master, slave]
+        make_raw(slave)  # no echo: all the master reads is what someone wrote to the pty
+        if os.ttyname(slave) == path:
+            return master, opened
+    return None, opened
+
+
+async def test_pty_number_reused_by_another_process_never_receives_a_byte(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    cfg = BridgeConfig(listen=True, host="127.0.0.1", port=0, local=LocalSpec("tty", path=path))
+    opened: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            ready: BridgeReady = await nursery.start(run_bridge, cfg)
+            os.close(slave)  # the bridge has its own descriptor
+            remote, _ = await tcp_connect(ready.ports[0])
+            await wait_log(caplog, "^session from ")
+            await remote.send_all(b"VM A says hello\n")
+            vm_b = trio.lowlevel.FdStream(master)
+            assert await read_exactly(vm_b, 16, timeout=5) == b"VM A says hello\n"
+            # VM B's QEMU exits; a new terminal window gets its pty number at once.
+            await vm_b.aclose()
+            new_master: int | None = None
+            with trio.fail_after(5):
+                while new_master is None and len(opened) < 200:
+                    await trio.sleep(0.01)  # the number is free once the bridge lets go
+                    new_master, more = _take_pty_number(path, tries=1)
+                    opened += more
+            for fd in opened:
+                os.set_blocking(fd, False)
+            await wait_log(caplog, "is gone")
+            # VM A keeps talking; the shell in the new window prints and is typed into.
+            for _ in range(10):
+                try:
+                    await remote.send_all(b"MESSAGE-FROM-VM-A\n")
+                except trio.BrokenResourceError:
+                    break
+                if new_master is not None:
+                    os.write(new_master, b"shell output\n")
+                await trio.sleep(0.1)
+            received = bytearray()
+            with trio.move_on_after(2):
+                while chunk := await remote.receive_some():
+                    received += chunk
+            if new_master is None:
+                pytest.fail(f"could not get {path} again: another process took it")
+            try:
+                leaked = os.read(new_master, 1000)
+            except BlockingIOError:
+                leaked = b""
+            assert leaked == b"", "the new terminal received bytes"
+            await remote.aclose()
+            with trio.fail_after(10):
+                await wait_log(caplog, "has ended; stopping")
+            nursery.cancel_scope.cancel()
+        assert received == b""  # nothing from the new terminal went to the remote
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert log_messages(caplog, f"tty {path} is gone (") == [
+        f"tty {path} is gone (hangup); a pty number is not an identity, so it is not reopened:"
+        " use a stable name (a symlink you control, /dev/serial/by-id/…) or a unix socket"
+        " chardev (-chardev socket,path=…,server=on,wait=off + --local unix:PATH)"
+    ]
+    assert not log_messages(caplog, "is back")
+
+
+async def test_a_reconnecting_bridge_stops_once_its_pty_number_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    async with trio.open_nursery() as nursery:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        cfg = BridgeConfig(
+            host="127.0.0.1", port=port, local=LocalSpec("tty", path=path), reconnect=0.1
+        )
+        codes: list[int] = []
+
+        async def bridge() -> None:
+            codes.append(await run_bridge(cfg))
+
+        nursery.start_soon(bridge)
+        with trio.fail_after(10):
+            remote = await listener.accept()
+            os.close(slave)
+            vm = trio.lowlevel.FdStream(master)
+            await vm.send_all(b"console output")
+            assert await read_exactly(remote, 14) == b"console output"
+            await vm.aclose()  # QEMU exits
+            assert await remote.receive_some() == b""  # the line's end reaches the remote
+            await remote.aclose()
+            while not codes:
+                await trio.sleep(0.05)
+        await listener.aclose()
+    assert codes == [0]
+    assert log_messages(caplog, "is gone")[0].startswith(f"tty {path} is gone (hangup); a pty")
+    sessions = [m for m in log_messages(caplog, "connected to") if m.startswith("connected")]
+    assert len(sessions) == 1, sessions  # no reconnect: the line is over
+    assert log_messages(caplog, "has ended")  # as after stdin's EOF
+
+
+async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    link = tmp_path / "vm-console"
+    master, slave = os.openpty()
+    old_path = os.ttyname(slave)
+    os.symlink(old_path, link)
+    end = TtyEnd(str(link))
+    await end.start()
+    os.close(slave)
+    opened: list[int] = []
+    got: list[bytes] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def reader() -> None:
+                    got.append(await end.receive_some())
+
+                nursery.start_soon(reader)
+                await trio.sleep(0.1)
+                os.close(master)  # QEMU exits; its pty goes, the link stays behind
+                await wait_log(caplog, "is gone")
+                # A new terminal gets the old number: the link now leads to a stranger.
+                stranger = None
+                while stranger is None:
+                    stranger, more = _take_pty_number(old_path, tries=1)
+                    opened += more
+                    await trio.sleep(0.01)
+                os.set_blocking(stranger, False)
+                await wait_log(caplog, "the link still points to " + old_path)
+                await trio.sleep(0.5)
+                # QEMU restarts with another pty, and the user points the link at it.
+                master2, slave2 = os.openpty()
+                opened += [master2, slave2]
+                make_raw(slave2)
+                new_path = os.ttyname(slave2)
+                os.symlink(new_path, tmp_path / "vm-console.new")
+                (tmp_path / "vm-console.new").replace(link)  # as `ln -sf` does
+                os.write(master2, b"booted")
+            assert got == [b"booted"]
+            await end.send_all(b"login")
+            assert os.read(master2, 100) == b"login"
+        with pytest.raises(BlockingIOError):
+            os.read(stranger, 100)  # whoever got the old number heard nothing
+    finally:
+        await end.aclose()
+        for fd in opened:
+            os.close(fd)
+    assert log_messages(caplog, "is back") == [f"tty {link} is back: it now points to {new_path}"]
+    assert log_messages(caplog, "still gone")[0] == (
+        f"tty {link} still gone (not reopened: the link still points to {old_path}, a pty that"
+        " went away and whose number another terminal may have now: it is followed once the"
+        " link is made again)"
+    )
+
+
+def log_messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
 def open_fds() -> int:

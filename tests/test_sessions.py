@@ -205,7 +205,9 @@ async def test_pty_and_link_survive_reconnects_and_bytes_written_while_down_arri
     offline_sent: list[bytes] = []
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
+        # Explicit block without --hold-max: every byte is held, however long (a data channel).
         cfg = connecting(pki, server.port, reconnect=0.05, reconnect_max=0.1, link=link)
+        cfg = BridgeConfig(**{**cfg.__dict__, "when_disconnected": "block"})
         with trio.fail_after(30):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None

@@ -5,6 +5,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+#: First delay after a refused connection. A refusal comes back at once and costs the peer
+#: one SYN and one RST: nothing listens yet, typically a QEMU that is restarting, and the
+#: guest's boot messages are lost until we are connected (QEMU with ``server=on,wait=off``
+#: drops what no client reads).
+REFUSED_INITIAL = 0.1
+
 
 @dataclass
 class Backoff:
@@ -29,6 +35,53 @@ class Backoff:
     def reset(self) -> None:
         """Start again from ``initial`` (after a session that lasted)."""
         self._current = self.initial
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether a connect failure was a refusal on every address tried (ECONNREFUSED).
+
+    trio's ``open_tcp_stream`` raises an ``OSError`` whose cause is a group of the errors of
+    each address; one address that timed out or was unreachable makes it not a refusal.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            return all(is_refused(sub) for sub in current.exceptions)
+        current = current.__cause__
+    return False
+
+
+@dataclass
+class ReconnectBackoff:
+    """A connecting bridge's delays between attempts (``--reconnect``, ``--reconnect-max``).
+
+    A refused connection is retried fast: from :data:`REFUSED_INITIAL`, doubling up to
+    ``initial`` and no further, so a restarted QEMU is reached within ``initial`` seconds of
+    listening. Anything else (a timeout, an unreachable host, a failed handshake, a session
+    that ended) backs off gently from ``initial`` up to ``cap``.
+    """
+
+    initial: float
+    cap: float
+    _refused: Backoff = field(init=False)
+    _other: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._refused = Backoff(min(REFUSED_INITIAL, self.initial), self.initial)
+        self._other = Backoff(self.initial, max(self.cap, self.initial))
+
+    def next_delay(self, refused: bool) -> float:
+        """The delay before the next attempt, after a refused connection or another end."""
+        return (self._refused if refused else self._other).next_delay()
+
+    def reset(self) -> None:
+        """Start again from the shortest delays (after a session that lasted)."""
+        self._refused.reset()
+        self._other.reset()
 
 
 @dataclass

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.backoff import Backoff, RepeatFilter
+from chardev_bridge.backoff import (
+    REFUSED_INITIAL,
+    Backoff,
+    ReconnectBackoff,
+    RepeatFilter,
+    is_refused,
+)
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import (
     STREAM_ERRORS,
@@ -20,6 +26,7 @@ from chardev_bridge.datapath import (
     keep_read_buffers_off_mmap,
 )
 from chardev_bridge.fdqueue import unread_bytes
+from chardev_bridge.holding import HeldBytes, dropped_line
 from chardev_bridge.hostport import format_hostport
 from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.local.pty import PtyEnd
@@ -74,6 +81,9 @@ _STABLE_SESSION_SECONDS = 10.0
 # How long a listening bridge keeps a remote client waiting while its socket local end
 # (QEMU's unix socket, say) is not there, retrying with backoff.
 _LOCAL_WAIT_SECONDS = 30.0
+
+# The longest delay between tries of a socket local end that is not there.
+_LOCAL_RETRY_MAX = 1.0
 
 # How often a remote waiting for its local end is checked for having left; the states are
 # Linux's (include/net/tcp_states.h), read from TCP_INFO.
@@ -168,6 +178,10 @@ class Bridge:
         self._idle_reader_gone = trio.Event()
         self._no_session = trio.Event()
         self._no_session.set()
+        # Local bytes read between sessions, with their age (a pty's default, --hold-max).
+        self._held: HeldBytes | None = None
+        # Whether the last connect attempt was refused (retried sooner than other failures).
+        self._refused = False
         self._dropped_while_idle = 0
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
@@ -190,6 +204,9 @@ class Bridge:
                         nursery.start_soon(scrollback.run)
                     if self.cfg.when_disconnected == "drop":
                         nursery.start_soon(self._drop_while_disconnected)
+                    elif self.cfg.hold_limit is not None:
+                        self._held = HeldBytes(self.cfg.hold_limit)
+                        nursery.start_soon(self._hold_while_disconnected, self._held)
                 if self.cfg.listen:
                     await self._serve(ready, task_status)
                 else:
@@ -360,6 +377,8 @@ class Bridge:
             # Re-read the event each time: _claim replaces it (unset) before it yields.
             while self.sessions or not self._no_session.is_set():
                 await self._no_session.wait()
+            if self.stopping:
+                return  # no next session will take what would be read now
             self._idle_reader_gone = trio.Event()
             try:
                 with trio.CancelScope() as self._idle_scope:
@@ -386,10 +405,61 @@ class Bridge:
                 self._idle_scope = None
                 self._idle_reader_gone.set()
 
+    async def _hold_while_disconnected(self, held: HeldBytes) -> None:
+        """A hold limit: between sessions, read local bytes into ``held`` with the time they
+        arrived, so that the next session gets only those young enough (see _claim). Reading
+        stops while ``held`` is full, until its oldest bytes age out."""
+        assert self._local_stream is not None
+        while True:
+            while self.sessions or not self._no_session.is_set():
+                await self._no_session.wait()
+            if self.stopping:
+                return  # no next session will take what would be read now
+            if self.carry.pending:
+                # What the last session read but could not send is held from its end on.
+                held.add(bytes(self.carry.pending), trio.current_time())
+                self.carry.pending = memoryview(b"")
+            self._idle_reader_gone = trio.Event()
+            try:
+                with trio.CancelScope() as self._idle_scope:
+                    while True:
+                        held.expire(trio.current_time())
+                        if not held.room():
+                            await trio.sleep_until(held.next_expiry())
+                            continue
+                        try:
+                            data = await self._local_stream.receive_some(held.room())
+                        except STREAM_ERRORS as exc:
+                            # The next session meets the same failure and reports it too.
+                            log.error(
+                                "local end %s failed while disconnected: %s",
+                                self.local.describe(),
+                                describe_tls_error(exc),
+                            )
+                            return
+                        if not data:
+                            return  # its end: the next session reads it again
+                        if self.traffic is not None:
+                            self.traffic.to_remote(data)
+                        held.add(data, trio.current_time())
+            finally:
+                self._idle_scope = None
+                self._idle_reader_gone.set()
+
+    def _hand_over_held(self, held: HeldBytes) -> None:
+        """A session begins: drop held bytes that are too old, give it the rest."""
+        held.expire(trio.current_time())
+        dropped = held.take_dropped()
+        if dropped:
+            log.warning("%s", dropped_line(dropped, held.max_age))
+        if len(held):
+            self.carry.pending = memoryview(held.take() + bytes(self.carry.pending))
+
     async def _claim(self, remote: RemoteSession) -> _Active:
-        """Mark ``remote`` as the active session; stops the idle discarder first."""
+        """Mark ``remote`` as the active session; stops the idle discarder or holder first
+        and hands the session what may still be sent of the held bytes."""
         self._no_session = trio.Event()
-        if self._idle_scope is not None:
+        while self._idle_scope is not None:
             # Cancelling a trio receive loses nothing: the bytes go to the session instead.
             # The session may read only once the discarder has really left its receive.
             self._idle_scope.cancel()
@@ -397,13 +467,18 @@ class Bridge:
         if self._dropped_while_idle:
             log.warning("%d local bytes were dropped while disconnected", self._dropped_while_idle)
             self._dropped_while_idle = 0
+        if self._held is not None:
+            self._hand_over_held(self._held)
         active = _Active(remote)
         self.sessions.append(active)
         return active
 
     def _release(self, active: _Active) -> None:
-        if active in self.sessions:
-            self.sessions.remove(active)
+        # Only the release that frees the slot may wake the idle reader: a second one (the
+        # session's, then its handler's) must not wake it while a new session is claiming.
+        if active not in self.sessions:
+            return
+        self.sessions.remove(active)
         if not self.sessions:
             self._no_session.set()
 
@@ -572,7 +647,10 @@ class Bridge:
 
     async def _open_local_with_retry(self) -> trio.abc.Stream:
         """The local stream; a socket end that is not there yet is retried for a while."""
-        backoff = Backoff(0.1, 5.0)
+        # Often QEMU restarting: a unix socket that is not there costs nothing to try again,
+        # and what the guest prints before we connect is lost.
+        backoff = Backoff(REFUSED_INITIAL, _LOCAL_RETRY_MAX)
+        repeats = RepeatFilter()
         deadline = trio.current_time() + _LOCAL_WAIT_SECONDS
         while True:
             try:
@@ -581,10 +659,14 @@ class Bridge:
                 if trio.current_time() >= deadline:
                     raise
                 delay = backoff.next_delay()
-                log.warning(
-                    "local end %s not there (%s); retrying in %.1fs",
+                why = str(exc.strerror or exc)
+                log_it, count = repeats.should_log(why)
+                log.log(
+                    logging.WARNING if log_it else logging.DEBUG,
+                    "local end %s not there (%s%s); retrying in %.1fs",
                     self.local.describe(),
-                    exc.strerror or exc,
+                    why,
+                    f", {count} tries" if count > 1 else "",
                     delay,
                 )
                 await trio.sleep(delay)
@@ -598,18 +680,22 @@ class Bridge:
             return 0
         cfg = self.cfg
         target = format_hostport(cfg.host, cfg.port)
-        backoff = Backoff(cfg.reconnect or 0.0, max(cfg.reconnect_max, cfg.reconnect or 0.0))
+        backoff = ReconnectBackoff(cfg.reconnect or 0.0, cfg.reconnect_max)
         repeats = RepeatFilter()
         while not self.stopping:
             began = trio.current_time()
+            self._refused = False
             failure = await self._connect_once(target, repeats)
+            if self.local.exhausted and not self.stopping and failure is None:
+                # (After a failure, the failure stays the last line.)
+                log.info("local end %s has ended; stopping", self.local.describe())
             if self.local.exhausted or self.stopping:
                 return 0
             if cfg.reconnect is None:
                 return 0 if failure is None else 1
             if trio.current_time() - began >= _STABLE_SESSION_SECONDS:
                 backoff.reset()
-            delay = backoff.next_delay()
+            delay = backoff.next_delay(refused=self._refused)
             log.debug("reconnecting to %s in %.1fs", target, delay)
             await trio.sleep(delay)
         return 0
@@ -647,6 +733,8 @@ class Bridge:
             try:
                 local_stream = await self._open_local()
             except OSError as exc:
+                # A socket that is not there yet (QEMU restarting) is retried fast too.
+                self._refused = isinstance(exc, FileNotFoundError) or is_refused(exc)
                 failure = f"cannot open local end {self.local.describe()}: {exc.strerror or exc}"
                 log_it, count = repeats.should_log(failure)
                 if log_it or self.cfg.reconnect is None:
@@ -660,6 +748,8 @@ class Bridge:
                 tcp = DirectSocketStream.adopt(await trio.open_tcp_stream(cfg.host, cfg.port))
             remote = await start_session(tcp, self.tls, handshake_timeout=cfg.handshake_timeout)
         except _CONNECT_ERRORS as exc:
+            # Nothing listens there (yet): cheap to ask again soon.
+            self._refused = tcp is None and is_refused(exc)
             if not self.local.persistent:
                 await trio.aclose_forcefully(local_stream)
             if tcp is not None:

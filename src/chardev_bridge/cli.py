@@ -26,6 +26,7 @@ from chardev_bridge.config import (
     BridgeConfig,
     TrafficLogConfig,
 )
+from chardev_bridge.holding import DEFAULT_PTY_HOLD_MAX
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from chardev_bridge.starterror import StartError, describe_listen_error
 from chardev_bridge.tlspolicy import CredentialError
@@ -55,9 +56,10 @@ output:
   warnings and errors only.
 
 reconnecting:
-  With --reconnect SECONDS, retries start after SECONDS and double up to --reconnect-max,
-  with jitter; a session that lasted resets the delay. Without it a connecting bridge exits
-  after its session.
+  With --reconnect SECONDS, a refused connection (nothing listens yet: QEMU restarting) is
+  retried after 0.1 s, doubling up to SECONDS; any other failure or an ended session waits
+  SECONDS, doubling up to --reconnect-max; with jitter; a session that lasted resets the
+  delay. Without it a connecting bridge exits after its session.
 
 signals:
   SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight and send TLS
@@ -143,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect",
         type=_positive_float,
         metavar="SECONDS",
-        help="connecting bridge: retry after failures and disconnects; retries start after"
-        " SECONDS and double up to --reconnect-max",
+        help="connecting bridge: retry after failures and disconnects. A refused connection"
+        " (nothing listens yet: QEMU restarting) is retried after 0.1 s, doubling up to"
+        " SECONDS; anything else (a host that is down, a timeout, a session that ended) after"
+        " SECONDS, doubling up to --reconnect-max",
     )
     net.add_argument(
         "--reconnect-max",
@@ -265,9 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument(
         "--when-disconnected",
         choices=("block", "drop"),
-        default="block",
         help="local bytes while no remote is connected: keep them for the next session"
-        " (block, default: writers wait) or drop them (QEMU's behaviour)",
+        " (block: writers wait once the local end is full; the default, except for a pty)"
+        " or drop them (QEMU's behaviour). A pty's default is to hold them for at most"
+        f" {DEFAULT_PTY_HOLD_MAX:g} s (--hold-max {DEFAULT_PTY_HOLD_MAX:g}): a keystroke typed"
+        " during a brief reconnect still arrives, a command typed while the VM rebooted does"
+        " not run in the next boot. Give block alone to hold every byte without a limit",
+    )
+    loc.add_argument(
+        "--hold-max",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="drop, and count in one log line, held local bytes older than SECONDS when the"
+        f" next session begins (pty, tty, stdio; default {DEFAULT_PTY_HOLD_MAX:g} for a pty"
+        " unless --when-disconnected is given, else no limit)",
     )
     loc.add_argument(
         "--when-unread",
@@ -338,6 +353,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         qemu_stall_workaround=args.qemu_stall_workaround,
         second_client=args.second_client,
         when_disconnected=args.when_disconnected,
+        hold_max=args.hold_max,
         when_unread=args.when_unread,
         scrollback=args.scrollback,
         traffic_log=(

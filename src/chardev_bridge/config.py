@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from chardev_bridge.holding import check_hold_max, hold_limit
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.tlspolicy import Endpoint
 
@@ -65,7 +66,11 @@ class BridgeConfig:
     # A second client while a session is active: refuse it, or let it take over.
     second_client: Literal["reject", "replace"] = "reject"
     # Local bytes while no remote is connected: wait for the next session, or drop (QEMU).
-    when_disconnected: Literal["block", "drop"] = "block"
+    # None: the local end's default (see hold_limit: a pty holds them for a short while).
+    when_disconnected: Literal["block", "drop"] | None = None
+    # Held local bytes older than this many seconds are dropped, not sent, when the next
+    # session begins (None: the default for the local end; see hold_limit).
+    hold_max: float | None = None
     # Remote bytes the local end does not read: back-pressure, or a bounded scrollback.
     when_unread: Literal["block", "buffer"] = "block"
     scrollback: int = DEFAULT_SCROLLBACK
@@ -74,6 +79,16 @@ class BridgeConfig:
     qemu_stall_workaround: bool = True
     # On SIGTERM/SIGINT: how long in-flight bytes may take to drain before we cut.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+    def __post_init__(self) -> None:
+        check_hold_max(self.local.kind, self.when_disconnected, self.hold_max)
+
+    @property
+    def hold_limit(self) -> float | None:
+        """How old held local bytes may get before they are dropped (None: no limit)."""
+        if self.when_disconnected == "drop":
+            return None
+        return hold_limit(self.local.kind, self.when_disconnected, self.hold_max)
 
     @property
     def endpoint(self) -> Endpoint:

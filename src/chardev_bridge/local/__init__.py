@@ -104,8 +104,10 @@ def _path_kind_hint(path: str) -> str:
     """Which ``--local`` spelling a bare path probably meant, from what the path is."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:
+    except (OSError, ValueError):
         mode = 0
+    # The error stays one line whatever the path holds.
+    path = path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
     if stat.S_ISSOCK(mode):
         return f"for this unix socket write --local unix:{path}"
     if stat.S_ISCHR(mode) or path.startswith("/dev/"):

@@ -24,6 +24,7 @@ from chardev_bridge.config import BridgeConfig
 from chardev_bridge.datapath import Session
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.session_end import FailureKind
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
 from tests.bridges import read_exactly, running_bridge
 from tests.conftest import PKI
@@ -338,8 +339,10 @@ async def test_the_alert_a_remote_sent_is_its_failure_even_when_a_send_failed_fi
     session = Session(local, _RemoteThatResetsThenAlerts(), local_persistent=False)
     with trio.fail_after(10):
         stats = await session.run()
-    assert stats.failed_side == "remote"
-    assert stats.failure == "the peer rejected our certificate: unknown CA (alert unknown_ca)"
+    assert stats.failure is not None
+    assert stats.failure.side == "remote"
+    assert stats.failure.kind is FailureKind.PEER_ALERT
+    assert str(stats.failure) == "the peer rejected our certificate: unknown CA (alert unknown_ca)"
 
 
 @pytest.mark.trio
@@ -396,7 +399,7 @@ async def test_a_failed_send_still_delivers_what_the_remote_had_sent() -> None:
             stats = await session.run()
             await local.aclose()
     assert bytes(got) == reply
-    assert stats.failed_side == "remote" and stats.failure is not None
+    assert stats.failure is not None and stats.failure.side == "remote"
 
 
 @pytest.mark.trio

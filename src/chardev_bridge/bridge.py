@@ -33,11 +33,10 @@ from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.stdio import StdioEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
+from chardev_bridge.session_end import EndFacts, Failure, Loudness, judge_end
 from chardev_bridge.socketstream import DirectSocketStream
 from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import (
-    PEER_CLOSED,
-    PEER_RESET,
     describe_plain_rejection,
     describe_quick_rejection,
     describe_tls_error,
@@ -186,7 +185,7 @@ class Bridge:
         # Why the server rejected the last session right after its handshake, if it did.
         self._last_rejection: str | None = None
         # Why the last session failed (None: it ended cleanly, or none ran).
-        self._session_failure: str | None = None
+        self._session_failure: Failure | None = None
         self._scrollback_loss_logged = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -304,53 +303,42 @@ class Bridge:
             await session.run()
         finally:
             lasted = trio.current_time() - began
-            level, again = logging.INFO, ""
-            plain_hint: str | None = None
-            # Soon after a TLS 1.3 handshake, having said nothing, the server ended the
-            # connection: it checked our certificate and said no, with an alert (OpenSSL, a
-            # listening bridge) or with a bare close or reset (QEMU; a reset when our bytes
-            # arrived after its close). Either way it read nothing we sent.
-            rejected = (
-                rejectable
-                and stats.to_local == 0
-                and lasted < _QUICK_REJECT_SECONDS
-                and stats.failed_side in (None, "remote")
-                # Else our close_notify was the end (QEMU: no reply).
-                and not (stats.local_eof and (hold is None or hold.eof_sent))
-                and stats.ended_by is None
-                and not (stats.remote_eof and not remote.ragged_eof)  # close_notify: it chose to
-                and (remote.ragged_eof or stats.failed_side == "remote")
+            facts = EndFacts(
+                failure=stats.failure,
+                lasted=lasted,
+                to_local=stats.to_local,
+                to_remote=stats.to_remote,
+                local_eof=stats.local_eof,
+                remote_eof=stats.remote_eof,
+                ragged_eof=remote.ragged_eof,
+                ended_by=stats.ended_by,
+                rejectable=rejectable,
+                quick_reject_seconds=_QUICK_REJECT_SECONDS,
+                close_notify_sent=stats.local_eof and (hold is None or hold.eof_sent),
+                plain_client=tls is None and not self.cfg.listen,
+                one_shot=not self.cfg.listen and self.cfg.reconnect is None,
             )
-            if rejected:
-                if stats.failure in (None, PEER_RESET, PEER_CLOSED):
-                    stats.failure = _probable_rejection(tls)  # else the alert says why
-                stats.failed_side = "remote"
-                level = logging.ERROR
-                if session.unconfirmed and self.local.persistent:
-                    # The server threw them away unread: the next session sends them again.
-                    replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
-                    self.carry.pending = memoryview(replay)
-            elif tls is None and not self.cfg.listen and stats.to_local == 0 and stats.to_remote:
-                # A TLS server meeting bytes that are no TLS handshake drops the connection:
-                # the usual result of a forgotten --tls-creds. A reset is a failure; a plain
-                # close may be a server's choice, so that only gets the hint.
-                if stats.failed_side == "remote" and stats.failure in (PEER_RESET, PEER_CLOSED):
-                    stats.failure = describe_plain_rejection(stats.failure)
-                    level = logging.ERROR
-                elif stats.failure is None and stats.remote_eof and not stats.local_eof:
-                    plain_hint = describe_plain_rejection("the peer closed the connection")
-            if stats.failure is not None and not self.cfg.listen and self.cfg.reconnect is None:
-                # A one-shot bridge exits 1 for this: it is the error, also under -q.
-                level = logging.ERROR
+            verdict = judge_end(
+                facts,
+                rejection=lambda: _probable_rejection(tls),
+                expects_tls=describe_plain_rejection,
+            )
+            stats.failure = verdict.failure
+            if verdict.rejected and session.unconfirmed and self.local.persistent:
+                # The server threw them away unread: the next session sends them again.
+                replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
+                self.carry.pending = memoryview(replay)
+            level = logging.ERROR if verdict.loudness is Loudness.ERROR else logging.INFO
+            again = ""
             if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
                 repeats.reset()  # a session that worked: its failure is news again
             if repeats is not None and stats.failure is not None:
-                log_it, count = repeats.should_log(stats.failure)
+                log_it, count = repeats.should_log(str(stats.failure))
                 if not log_it:
                     level = logging.DEBUG
                 elif count > 1:
                     again = f" ({count} times in a row)"
-            self._last_rejection = stats.failure if rejected else None
+            self._last_rejection = str(stats.failure) if verdict.rejected else None
             self._session_failure = stats.failure
             # The slot is free before the peer can see the session end: a client that
             # reconnects as soon as it sees our close must find the line free.
@@ -360,8 +348,8 @@ class Bridge:
                 if not self.local.persistent:
                     await local_stream.aclose()
             _log_disconnect(remote, stats, lasted, level, again)
-            if plain_hint is not None:
-                log.warning("%s", plain_hint)
+            if verdict.hint is not None:
+                log.warning("%s", verdict.hint)
             active.done.set()
         return stats
 
@@ -778,7 +766,8 @@ class Bridge:
             self._release(active)
         if stats.failure is None:
             repeats.reset()
-        return stats.failure
+            return None
+        return str(stats.failure)
 
 
 def _probable_rejection(tls: TLSSetup | None) -> str:
@@ -874,7 +863,7 @@ def _log_disconnect(
     again: str = "",
 ) -> None:
     if stats.failure is not None:
-        how = f"{stats.failed_side} failed: {stats.failure}"
+        how = f"{stats.failure.side} failed: {stats.failure}"
     elif stats.ended_by is not None:
         how = stats.ended_by
     elif stats.remote_eof:

@@ -30,12 +30,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.tlserrors import (
-    PEER_CLOSED,
-    PEER_RESET,
-    describe_tls_error,
-    is_peer_alert,
-)
+from chardev_bridge.session_end import Failure, Side, first_or_telling
+from chardev_bridge.tlserrors import failure_from
 
 log = logging.getLogger("chardev_bridge")
 
@@ -89,9 +85,8 @@ class SessionStats:
     to_local: int = 0
     local_eof: bool = False
     remote_eof: bool = False
-    # A one-line reason when a side failed (not a clean EOF), else None.
-    failure: str | None = None
-    failed_side: str | None = None
+    # Why a side failed (not a clean EOF), else None.
+    failure: Failure | None = None
     # Why the session was drained (shutdown, replaced, idle), else None.
     ended_by: str | None = None
     last_activity: float = field(default_factory=trio.current_time)
@@ -187,18 +182,11 @@ class Session:
         self._remote_reader.stop()
         self._end_within_grace(grace)
 
-    def _fail(self, side: str, exc: BaseException) -> None:
+    def _fail(self, side: Side, exc: BaseException) -> None:
         stats = self.stats
         # A send can fail on the closed socket before the receive reads the alert the peer
         # sent first; the alert says why, so it is the failure to report.
-        alert_after_loss = (
-            side == stats.failed_side == "remote"
-            and stats.failure in (PEER_RESET, PEER_CLOSED)
-            and is_peer_alert(exc)
-        )
-        if stats.failure is None or alert_after_loss:
-            stats.failure = describe_tls_error(exc)
-            stats.failed_side = side
+        stats.failure = first_or_telling(stats.failure, failure_from(exc, side))
         if side == "remote":
             # Stop talking to the dead remote, but let bytes that already arrived from it
             # (still in the kernel or the TLS engine when a send failed) reach the local end.

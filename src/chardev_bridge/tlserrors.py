@@ -9,9 +9,14 @@ from __future__ import annotations
 import errno
 import ssl
 
-# How a connection reset reads in every log line (and how code recognises one).
-PEER_RESET = "the peer reset the connection"
-PEER_CLOSED = "the peer closed the connection"
+from chardev_bridge.session_end import (
+    PEER_CLOSED_WORDS,
+    PEER_RESET_WORDS,
+    Failure,
+    FailureKind,
+    Side,
+)
+
 # Nothing listens yet (QEMU not started, wrong port): worth saying that --reconnect waits.
 REFUSED = (
     "connection refused: nothing listens there yet (with --reconnect SECONDS the bridge"
@@ -116,6 +121,24 @@ def is_peer_alert(exc: BaseException) -> bool:
     return isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "")
 
 
+def _is_closed(cause: BaseException) -> bool:
+    return isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED)
+
+
+def failure_from(exc: BaseException, side: Side) -> Failure:
+    """The typed :class:`Failure` of ``side`` for ``exc``, with its words."""
+    cause = root_cause(exc)
+    if isinstance(cause, ConnectionResetError):
+        kind = FailureKind.RESET
+    elif _is_closed(cause):
+        kind = FailureKind.CLOSED
+    elif is_peer_alert(cause):
+        kind = FailureKind.PEER_ALERT
+    else:
+        kind = FailureKind.ERROR
+    return Failure(kind, side, describe_tls_error(exc))
+
+
 def describe_tls_error(exc: BaseException) -> str:
     """One line saying why a TLS connection failed, in words rather than OpenSSL codes."""
     cause = root_cause(exc)
@@ -145,9 +168,9 @@ def describe_tls_error(exc: BaseException) -> str:
             return reason.lower().replace("_", " ")
         return str(cause)
     if isinstance(cause, ConnectionResetError):
-        return PEER_RESET
-    if isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED):
-        return PEER_CLOSED
+        return PEER_RESET_WORDS
+    if _is_closed(cause):
+        return PEER_CLOSED_WORDS
     if isinstance(cause, ConnectionRefusedError):
         return REFUSED
     if isinstance(cause, OSError) and cause.strerror:

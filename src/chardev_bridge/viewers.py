@@ -117,14 +117,16 @@ class ViewerHub:
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes the remote sent: into the replay ring and each viewer's queue; never waits."""
-        chunk = bytes(data)  # the caller may reuse its buffer; viewers share this copy
         replay = self.cfg.replay
-        if len(chunk) >= replay:
-            self._ring = bytearray(chunk[-replay:])
+        if replay and len(data) >= replay:
+            self._ring = bytearray(data[-replay:])
         elif replay:
-            self._ring += chunk
+            self._ring += data
             if len(self._ring) > replay:
                 del self._ring[: len(self._ring) - replay]
+        if not self._viewers:
+            return
+        chunk = bytes(data)  # the caller may reuse its buffer; viewers share this copy
         for viewer in self._viewers.values():
             if viewer.behind is not None:
                 continue

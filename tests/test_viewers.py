@@ -14,13 +14,19 @@ import re
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
 
-from tests.bridges import read_exactly
+from chardev_bridge.config import BridgeConfig
+from chardev_bridge.local import LocalSpec
+from chardev_bridge.viewers import ViewersConfig
+from tests.bridges import read_exactly, running_bridge
 from tests.procs import sha256
 from tests.sessionkit import (
+    ENV,
     HOST,
     CliBridge,
     cli_bridge,
@@ -266,3 +272,77 @@ async def test_a_connecting_bridge_with_a_socket_local_end_serves_tcp_viewers_on
             await local.aclose()
     local_listener.close()
     await listener.aclose()
+
+
+async def test_viewers_watch_a_stdio_bridge_and_never_see_its_stdin(tmp_path: Path) -> None:
+    path = tmp_path / "console.sock"
+    listener = (await trio.open_tcp_listeners(0, host=HOST))[0]
+    port = listener.socket.getsockname()[1]
+    args = ["--host", HOST, "--port", str(port), "--local", "stdio"]
+    args += ["--viewers", f"unix-listen:{path}"]
+    stderr = tmp_path / "stderr"
+    with trio.fail_after(30), stderr.open("wb") as err:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "chardev_bridge", *args],
+            env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            remote = await listener.accept()
+            while not path.exists():
+                await trio.sleep(0.02)
+            viewer = await attach(path)
+            while "viewer 1 attached" not in stderr.read_text():
+                await trio.sleep(0.02)
+            await proc.stdin.send_all(b"typed on stdin\n")
+            assert await read_exactly(remote, 15) == b"typed on stdin\n"
+            await remote.send_all(b"printed by the remote\n")
+            assert await read_exactly(proc.stdout, 22) == b"printed by the remote\n"
+            assert await read_exactly(viewer, 22) == b"printed by the remote\n"
+            await no_more_bytes(viewer)
+            await viewer.aclose()
+            await remote.aclose()
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    await listener.aclose()
+    assert not path.exists()
+
+
+async def test_counters_for_a_status_endpoint_count_viewers_and_discarded_bytes(
+    tmp_path: Path,
+) -> None:
+    """In process: ``BridgeReady.share`` counts attached, refused, dropped and discarded."""
+    path = tmp_path / "console.sock"
+    viewers = ViewersConfig("unix-listen", path=str(path), max_viewers=1, queue_max=64 * 1024)
+    cfg = BridgeConfig(listen=True, host=HOST, port=0, local=LocalSpec("pty"), viewers=viewers)
+    with trio.fail_after(30):
+        async with running_bridge(cfg) as ready:
+            assert ready.share is not None and ready.pty_path is not None
+            remote, _ = await tcp_connect(ready.ports[0])
+            async with open_pty_app(ready.pty_path) as app:
+                stalled = await attach(path, rcvbuf=4096)
+                await stalled.send_all(b"ignored")
+                refused = await attach(path)
+                await read_to_eof(refused)
+                snap = ready.share.snapshot()
+                assert (snap.viewers_attached, snap.viewers_refused) == (1, 1)
+                burst = os.urandom(4 * MiB)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(remote.send_all, burst)
+                    assert sha256(await read_exactly(app, len(burst))) == sha256(burst)
+                while ready.share.snapshot().viewers_attached:
+                    await trio.sleep(0.02)
+            snap = ready.share.snapshot()
+            assert snap.viewers_total == 1
+            assert snap.viewers_dropped == 1
+            assert snap.viewer_bytes_discarded == len(b"ignored")
+            await remote.aclose()
+            await stalled.aclose()
+            await refused.aclose()

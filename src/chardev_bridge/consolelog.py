@@ -199,13 +199,17 @@ class ConsoleLog:
                 reopen, closing = self._reopen_wanted, self._closing
                 self._reopen_wanted = False
                 self._writing = True
-            if dropped[1]:
-                self._lose(*dropped, "writing falls behind (a slow disk?)")
-            if reopen:
-                self._reopen_file()
-            for direction, data, when in items:
-                self._write(self._format(direction, data, when))
-            self._write(self._stale_partials(time.time(), everything=closing))
+            try:
+                if dropped[1]:
+                    self._lose(*dropped, "writing falls behind (a slow disk?)")
+                if reopen:
+                    self._reopen_file()
+                for direction, data, when in items:
+                    self._write(self._format(direction, data, when))
+                self._write(self._stale_partials(time.time(), everything=closing))
+            except Exception:
+                # A bug here must cost the log, not the worker: the bridge goes on either way.
+                log.exception("traffic log %s: the writer failed", self.cfg.path)
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()

@@ -6,8 +6,8 @@ away: a viewer can never write to the console, whoever else comes or goes.
 
 The data path only calls :meth:`ViewerHub.feed`, which appends to each viewer's own bounded
 queue and returns: a viewer that stops reading costs nobody time, and once it is more than
-``queue_max`` bytes behind it is disconnected. Memory is therefore bounded by
-``max_viewers * queue_max`` plus the replay ring, whatever viewers do.
+``queue_max`` bytes (plus its replay) behind it is disconnected. Memory is therefore bounded
+by ``max_viewers * (queue_max + replay)`` plus the replay ring, whatever viewers do.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ class ViewerHub:
         self._numbers = 0
         self._listeners: list[trio.SocketListener] = []
         self._bound_inode: int | None = None
+        # The replay a viewer starts with does not count against how far behind it may fall.
+        self._limit = cfg.queue_max + cfg.replay
 
     @property
     def watching(self) -> int:
@@ -130,7 +132,7 @@ class ViewerHub:
         for viewer in self._viewers.values():
             if viewer.behind is not None:
                 continue
-            if viewer.queued + len(chunk) > self.cfg.queue_max:
+            if viewer.queued + len(chunk) > self._limit:
                 viewer.behind = viewer.queued + len(chunk)
                 viewer.chunks.clear()
                 viewer.queued = 0
@@ -273,7 +275,7 @@ class ViewerHub:
                     " a viewer that stops reading never slows the console",
                     viewer.number,
                     viewer.behind,
-                    self.cfg.queue_max,
+                    self._limit,
                 )
             log.info(
                 "viewer %d detached after %.1fs: %d bytes sent, %d bytes discarded (%d watching)",

@@ -7,7 +7,8 @@ away: a viewer can never write to the console, whoever else comes or goes.
 The data path only calls :meth:`ViewerHub.feed`, which appends to each viewer's own bounded
 queue and returns: a viewer that stops reading costs nobody time, and once it is more than
 ``queue_max`` bytes (plus its replay) behind it is disconnected. Memory is therefore bounded
-by ``max_viewers * (queue_max + replay)`` plus the replay ring, whatever viewers do.
+by ``max_viewers * (queue_max + replay)`` plus the replay ring, whatever viewers do; in practice
+far less, since every queue is a suffix of the same stream made of the same chunk objects.
 """
 
 from __future__ import annotations

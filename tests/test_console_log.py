@@ -251,7 +251,7 @@ def test_a_slow_disk_costs_log_lines_never_time_and_says_how_many_when_it_catche
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chardev_bridge")
-    console = ConsoleLog(TrafficLogConfig(tmp_path / "log", format="hex"))
+    console = ConsoleLog(TrafficLogConfig(tmp_path / "log"))
     slow = SlowFile()
     console._file = slow  # type: ignore[assignment]
     chunk = os.urandom(256 * 1024)
@@ -264,8 +264,8 @@ def test_a_slow_disk_costs_log_lines_never_time_and_says_how_many_when_it_catche
     console.to_remote(b"caught up\n")
     console.close()
     lost = console.counters.snapshot()
-    assert lost.log_bytes_lost >= 8 * MiB
-    assert lost.log_lines_lost == lost.log_bytes_lost // 16
+    assert lost.log_bytes_lost >= QUEUE_MAX
+    assert lost.log_lines_lost >= lost.log_bytes_lost // 1024  # random bytes: 1 in 256 is \n
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         f"traffic log {tmp_path / 'log'}: writing falls behind (a slow disk?); the bridge keeps"
@@ -273,7 +273,7 @@ def test_a_slow_disk_costs_log_lines_never_time_and_says_how_many_when_it_catche
         f"traffic log {tmp_path / 'log'} is being written again;"
         f" {lost.log_lines_lost} lines ({lost.log_bytes_lost} bytes) were lost",
     ]
-    assert slow.data.endswith(b"|caught up.|\n")
+    assert slow.data.endswith(b"caught up\n")
 
 
 async def test_sigusr1_reopens_the_log_without_ending_the_bridge_and_sigterm_still_ends_it(
@@ -287,3 +287,25 @@ async def test_sigusr1_reopens_the_log_without_ending_the_bridge_and_sigterm_sti
             await proc.wait_for(r"SIGUSR1: reopening 1 log file")
             proc.signal(signal.SIGTERM)
             assert proc.wait() == 0
+
+
+def test_lines_join_pieces_of_a_line_under_its_first_stamp_even_mid_character(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "vm1.log"
+    console = ConsoleLog(TrafficLogConfig(log, direction="from-remote", format="lines"))
+    console.to_remote(b"typed\n")  # not this direction: never logged
+    console.to_local(b"Gr\xc3")  # a line, and a character, cut in two
+    console.flush()
+    time.sleep(0.2)
+    console.to_local(b"\xbc\xc3\x9fe\r\nprogress 10%\rprogress 20%\r\nlast")
+    console.close()
+    lines = log.read_text().splitlines()
+    found = [STAMPED.match(line) for line in lines]
+    assert [m[2] for m in found if m] == [
+        "Grüße",
+        "progress 10%\\x0dprogress 20%",
+        "last",  # no newline ever came: written at the end
+    ]
+    first, second = (dt.datetime.fromisoformat(m[1]) for m in found[:2] if m)
+    assert (second - first).total_seconds() >= 0.15  # "Grüße" keeps the time it began

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -25,7 +26,16 @@ from chardev_bridge.sharestats import ShareCounters
 log = logging.getLogger("chardev_bridge")
 
 #: Bytes waiting for the worker; past this, chunks are dropped from the log (and counted).
-QUEUE_MAX = 8 << 20
+QUEUE_MAX = 4 << 20
+
+#: The worker formats at most this much at a time, then rests for _REST_RATIO times as long as
+#: formatting took. Formatting holds the GIL, and the event loop, needing it back after each
+#: system call, would otherwise wait up to the switch interval (5 ms) every time: a flood of
+#: binary bytes into a hex or lines log then slowed the data path to the formatter's pace.
+#: Resting caps the formatter at a quarter of the time; what it cannot take is lost to the log.
+FORMAT_SLICE = 64 * 1024
+_REST_RATIO = 3.0
+_REST_ABOVE = 0.0005
 
 #: A console line with no newline yet is written once no byte came for this long.
 PARTIAL_LINE_SECONDS = 1.0
@@ -41,10 +51,12 @@ _open_logs: weakref.WeakSet[ConsoleLog] = weakref.WeakSet()
 _PRINTABLE = bytes(b if 32 <= b < 127 else ord(".") for b in range(256))
 
 # Control characters other than tab as visible escapes, so that a log line is one line and
-# a terminal showing the log does not obey them. C1 controls are escaped too (U+0080-U+009F).
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {
-    c: f"\\u{c:04x}" for c in range(0x80, 0xA0)
-}
+# a terminal showing the log does not obey them; C1 controls (U+0080-U+009F) too. Regular
+# expressions find them: a console's text has few, and scanning for them runs in C.
+_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROLS_BUT_NEWLINE = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+_C1_CONTROLS = re.compile("[\x80-\x9f]")
+_BYTE_ESCAPES = {bytes([c]): b"\\x%02x" % c for c in [*range(0x20), 0x7F]}
 
 
 def hex_lines(direction: str, data: bytes | bytearray, when: dt.datetime) -> bytes:
@@ -58,10 +70,16 @@ def hex_lines(direction: str, data: bytes | bytearray, when: dt.datetime) -> byt
     return "".join(lines).encode()
 
 
-def escape_line(raw: bytes) -> str:
-    """A console line made readable: UTF-8 kept, invalid bytes and control characters
-    (but tab) as ``\\xNN``."""
-    return raw.decode("utf-8", "backslashreplace").translate(_ESCAPES)
+def escape_line(raw: bytes, *, keep_newlines: bool = False) -> str:
+    """Console text made readable: UTF-8 kept, invalid bytes and control characters (but
+    tab, and newlines if ``keep_newlines``) as ``\\xNN``, C1 controls as ``\\u00NN``."""
+    controls = _CONTROLS_BUT_NEWLINE if keep_newlines else _CONTROLS
+    if controls.search(raw):
+        raw = controls.sub(lambda m: _BYTE_ESCAPES[m[0]], raw)
+    text = raw.decode("utf-8", "backslashreplace")
+    if _C1_CONTROLS.search(text):
+        text = _C1_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return text
 
 
 def reopen_all() -> int:
@@ -124,6 +142,7 @@ class ConsoleLog:
         # The worker's own.
         self._partials: dict[str, _Partial] = {}
         self._failing = False
+        self._last_write_ok = False
         self._lost_lines = 0
         self._lost_bytes = 0
         self._thread = threading.Thread(
@@ -172,9 +191,10 @@ class ConsoleLog:
                 timeout,
             )
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (partial lines too) and close the file; a disk that does not
-        answer within ``timeout`` seconds is left to the daemon thread."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (partial lines too) and close the file; what a slow disk or
+        formatter has not written within ``timeout`` seconds is left to the daemon thread
+        (the bridge does not wait longer to exit)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -191,9 +211,10 @@ class ConsoleLog:
                     if wait is not None and wait <= 0:
                         break
                     self._cond.wait(wait)
+                # Taken, but still counted in _queued until written: the queue's bound is
+                # the memory bound of the whole log.
                 items = list(self._items)
                 self._items.clear()
-                self._queued = 0
                 dropped = (self._dropped_lines, self._dropped_bytes)
                 self._dropped_lines = self._dropped_bytes = 0
                 reopen, closing = self._reopen_wanted, self._closing
@@ -205,20 +226,45 @@ class ConsoleLog:
                 if reopen:
                     self._reopen_file()
                 for direction, data, when in items:
-                    self._write(self._format(direction, data, when))
+                    self._format_and_write(direction, data, when)
+                    with self._cond:
+                        self._queued -= len(data)
                 self._write(self._stale_partials(time.time(), everything=closing))
             except Exception:
                 # A bug here must cost the log, not the worker: the bridge goes on either way.
                 log.exception("traffic log %s: the writer failed", self.cfg.path)
             with self._cond:
                 self._writing = False
+                # Caught up only if nothing was dropped meanwhile: else the loss goes on.
+                recovered = self._failing and self._last_write_ok and not self._dropped_bytes
                 self._cond.notify_all()
+            if recovered:
+                self._failing = False
+                log.info(
+                    "traffic log %s is being written again; %d lines (%d bytes) were lost",
+                    self.cfg.path,
+                    self._lost_lines,
+                    self._lost_bytes,
+                )
+                self._lost_lines = self._lost_bytes = 0
             if closing:
                 break
         try:
             self._file.close()
         except OSError:
             pass
+
+    def _format_and_write(self, direction: str, data: bytes, when: float) -> None:
+        if self.cfg.format == "raw":
+            self._write(self._format(direction, data, when))
+            return
+        for start in range(0, len(data), FORMAT_SLICE):
+            began = time.perf_counter()
+            records = self._format(direction, data[start : start + FORMAT_SLICE], when)
+            spent = time.perf_counter() - began
+            self._write(records)
+            if spent > _REST_ABOVE:
+                time.sleep(spent * _REST_RATIO)
 
     def _line_count(self, data: bytes | bytearray) -> int:
         """How many log lines ``data`` would have made."""
@@ -236,17 +282,35 @@ class ConsoleLog:
         return self._console_lines(direction, data, when)
 
     def _console_lines(self, direction: str, data: bytes, when: float) -> list[bytes]:
+        """Stamped lines for the complete lines of ``data``: the first finishes a waiting
+        partial line (and keeps its time), the others get the chunk's time. The text after
+        the last newline waits for the rest of its line."""
+        partial = self._partials.pop(direction, None)
+        began = partial.began if partial is not None else when
+        if partial is not None:
+            data = bytes(partial.data) + data
+        cut = data.rfind(b"\n") + 1
         records = []
-        partial = self._partials.get(direction)
-        for piece in _split_lines(data):
-            if partial is None:
-                partial = self._partials[direction] = _Partial(when)
-            partial.data += piece
-            partial.last = when
-            if piece.endswith(b"\n") or len(partial.data) >= LINE_MAX:
-                records.append(self._line_record(direction, partial))
-                partial = None
-                del self._partials[direction]
+        if cut:
+            # A console ends its lines with \r\n: the log's own newline stands for both.
+            text = escape_line(data[:cut].replace(b"\r\n", b"\n"), keep_newlines=True)
+            lines = text.split("\n")[:-1]
+            mark = f"{direction} " if self.cfg.direction == "both" else ""
+            first = f"{_stamp(began)} {mark}{lines[0]}\n"
+            if len(lines) > 1:
+                prefix = f"{_stamp(when)} {mark}"
+                first += prefix + f"\n{prefix}".join(lines[1:]) + "\n"
+            block = first.encode()
+            records = _split_lines(block) if self.cfg.max_bytes else [block]
+            began = when
+        if cut < len(data):
+            rest = _Partial(began)
+            rest.data += data[cut:]
+            rest.last = when
+            if len(rest.data) >= LINE_MAX:
+                records.append(self._line_record(direction, rest))
+            else:
+                self._partials[direction] = rest
         return records
 
     def _line_record(self, direction: str, partial: _Partial) -> bytes:
@@ -306,16 +370,10 @@ class ConsoleLog:
         except OSError as exc:
             rest = bytes(view)
             self._lose(rest.count(b"\n") or 1, len(rest), str(exc.strerror or exc))
+            self._last_write_ok = False
             return
-        if self._failing and block:
-            self._failing = False
-            log.info(
-                "traffic log %s is being written again; %d lines (%d bytes) were lost",
-                self.cfg.path,
-                self._lost_lines,
-                self._lost_bytes,
-            )
-            self._lost_lines = self._lost_bytes = 0
+        if block:
+            self._last_write_ok = True
 
     def _lose(self, lines: int, size: int, why: str) -> None:
         self.counters.log_lost(lines, size)

@@ -65,7 +65,8 @@ async def _viewer(path: Path, kind: str, stats: Stats, stop: trio.Event) -> None
                         if not await stream.receive_some(1):
                             break
                 elif kind == "sipping":
-                    await stream.receive_some(1024)
+                    if not await stream.receive_some(1024):
+                        break  # dropped, or refused
                     await trio.sleep(0.05)
                 else:  # "typing"
                     await stream.send_all(os.urandom(4096))

@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,9 +31,9 @@ QUEUE_MAX = 4 << 20
 
 #: The worker formats at most this much at a time, then rests for _REST_RATIO times as long as
 #: formatting took. Formatting holds the GIL, and the event loop, needing it back after each
-#: system call, would otherwise wait up to the switch interval (5 ms) every time: a flood of
-#: binary bytes into a hex or lines log then slowed the data path to the formatter's pace.
-#: Resting caps the formatter at a quarter of the time; what it cannot take is lost to the log.
+#: system call, would otherwise wait up to the switch interval (5 ms) every time, and a flood
+#: into a hex or lines log would slow the data path to the formatter's pace. Resting caps the
+#: formatter at a quarter of the time; what it cannot take is lost to the log (and counted).
 FORMAT_SLICE = 64 * 1024
 _REST_RATIO = 3.0
 _REST_ABOVE = 0.0005
@@ -220,19 +221,15 @@ class ConsoleLog:
                 reopen, closing = self._reopen_wanted, self._closing
                 self._reopen_wanted = False
                 self._writing = True
-            try:
-                if dropped[1]:
-                    self._lose(*dropped, "writing falls behind (a slow disk?)")
-                if reopen:
-                    self._reopen_file()
-                for direction, data, when in items:
-                    self._format_and_write(direction, data, when)
-                    with self._cond:
-                        self._queued -= len(data)
-                self._write(self._stale_partials(time.time(), everything=closing))
-            except Exception:
-                # A bug here must cost the log, not the worker: the bridge goes on either way.
-                log.exception("traffic log %s: the writer failed", self.cfg.path)
+            if dropped[1]:
+                self._lose(*dropped, "writing falls behind (a slow disk?)")
+            if reopen:
+                self._guarded(self._reopen_file)
+            for direction, data, when in items:
+                self._guarded(self._format_and_write, direction, data, when)
+                with self._cond:
+                    self._queued -= len(data)
+            self._guarded(self._write_stale_partials, closing)
             with self._cond:
                 self._writing = False
                 # Caught up only if nothing was dropped meanwhile: else the loss goes on.
@@ -253,6 +250,16 @@ class ConsoleLog:
             self._file.close()
         except OSError:
             pass
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        try:
+            step(*args)
+        except Exception:
+            # A bug here must cost the log, not the worker: the bridge goes on either way.
+            log.exception("traffic log %s: the writer failed", self.cfg.path)
+
+    def _write_stale_partials(self, everything: bool) -> None:
+        self._write(self._stale_partials(time.time(), everything=everything))
 
     def _format_and_write(self, direction: str, data: bytes, when: float) -> None:
         if self.cfg.format == "raw":

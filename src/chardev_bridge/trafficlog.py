@@ -1,7 +1,7 @@
 """``--logfile``: a copy of the traffic, as QEMU's chardev ``logfile``/``logappend`` keep it.
 
 The writer is :class:`chardev_bridge.consolelog.ConsoleLog` (a worker thread, so that logging
-never stalls the data); these names stay for the code and tests that import them from here.
+never stalls the data); this module keeps the names its callers import.
 """
 
 from __future__ import annotations

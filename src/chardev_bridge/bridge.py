@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import trio
@@ -34,6 +33,8 @@ from chardev_bridge.local.stdio import StdioEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
 from chardev_bridge.session_end import EndFacts, Failure, Loudness, judge_end
+from chardev_bridge.sharestats import ShareCounters
+from chardev_bridge.sharing import Taps, open_sharing
 from chardev_bridge.socketstream import DirectSocketStream
 from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import (
@@ -43,7 +44,6 @@ from chardev_bridge.tlserrors import (
 )
 from chardev_bridge.tlspolicy import PeerRejected
 from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
-from chardev_bridge.trafficlog import TrafficLog
 
 log = logging.getLogger("chardev_bridge")
 
@@ -106,6 +106,8 @@ class BridgeReady:
     local: str
     pty_path: str | None = None
     ports: list[int] = field(default_factory=list)
+    # Viewer and console-log counters, for a status endpoint to read.
+    share: ShareCounters | None = None
 
 
 async def run_bridge(
@@ -119,23 +121,27 @@ async def run_bridge(
     cancels. Returns the process exit status."""
     tls = build_tls_setup(cfg)
     keep_read_buffers_off_mmap()
-    with ExitStack() as files:
-        traffic = TrafficLog(cfg.traffic_log) if cfg.traffic_log else None
-        if traffic is not None:
-            files.callback(traffic.close)
-        async with open_local_end(cfg.local, link=cfg.link) as local:
-            await local.start()
-            ready = BridgeReady(
-                local=local.describe(), pty_path=local.path if isinstance(local, PtyEnd) else None
-            )
-            log.info("local end: %s", ready.local)
-            bridge = Bridge(cfg, tls, local, traffic)
-            async with trio.open_nursery() as nursery:
-                if shutdown is not None:
-                    nursery.start_soon(bridge.shutdown_on, shutdown)
-                code = await bridge.run(ready, task_status)
-                nursery.cancel_scope.cancel()
-            return code
+    counters = ShareCounters()
+    async with (
+        open_sharing(cfg, counters) as traffic,
+        open_local_end(cfg.local, link=cfg.link) as local,
+    ):
+        await local.start()
+        ready = BridgeReady(
+            local=local.describe(),
+            pty_path=local.path if isinstance(local, PtyEnd) else None,
+            share=counters,
+        )
+        log.info("local end: %s", ready.local)
+        bridge = Bridge(cfg, tls, local, traffic)
+        async with trio.open_nursery() as nursery:
+            if shutdown is not None:
+                nursery.start_soon(bridge.shutdown_on, shutdown)
+            if traffic is not None:
+                nursery.start_soon(traffic.run)
+            code = await bridge.run(ready, task_status)
+            nursery.cancel_scope.cancel()
+        return code
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Bridge:
         cfg: BridgeConfig,
         tls: TLSSetup | None,
         local: LocalEnd,
-        traffic: TrafficLog | None = None,
+        traffic: Taps | None = None,
     ) -> None:
         self.cfg = cfg
         self.tls = tls

@@ -28,6 +28,12 @@ from chardev_bridge.config import (
 )
 from chardev_bridge.holding import DEFAULT_PTY_HOLD_MAX
 from chardev_bridge.local import LocalSpec, parse_local_spec
+from chardev_bridge.sharecli import (
+    add_rotation_arguments,
+    add_viewer_arguments,
+    check_sharing_args,
+    viewers_from_args,
+)
 from chardev_bridge.starterror import StartError, describe_listen_error
 from chardev_bridge.tlspolicy import CredentialError
 
@@ -64,6 +70,7 @@ reconnecting:
 signals:
   SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight and send TLS
   close_notify (up to 5 s), remove the --link, exit 0. A second signal stops at once.
+  SIGUSR1 (with --logfile): reopen the log file by its name, after an external logrotate.
 
 exit status:
   0  the session ended cleanly, the local end ended (stdin EOF), or SIGTERM/SIGINT
@@ -310,16 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument(
         "--logfile-direction",
-        choices=("to-remote", "both"),
+        choices=("to-remote", "from-remote", "both"),
         default="to-remote",
-        help="log only what goes to the remote (QEMU's meaning, default) or both directions",
+        help="log what goes to the remote (QEMU's meaning, default), what comes from it"
+        " (a VM's console output), or both directions",
     )
     trace.add_argument(
         "--log-format",
-        choices=("raw", "hex"),
+        choices=("raw", "hex", "lines"),
         default="raw",
-        help="raw bytes (default) or timestamped hex dump lines with > / < direction marks",
+        help="raw bytes (default), timestamped hex dump lines, or lines: one line per console"
+        " line with an ISO-8601 timestamp, control characters escaped (> / < mark directions)",
     )
+    add_rotation_arguments(trace)
+    add_viewer_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     out.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
@@ -362,10 +373,13 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
                 append=args.logappend,
                 direction=args.logfile_direction,
                 format=args.log_format,
+                max_bytes=args.logfile_max,
+                backups=args.logfile_backups,
             )
             if args.logfile
             else None
         ),
+        viewers=viewers_from_args(args),
     )
 
 
@@ -429,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--second-client replace needs --max-sessions 1")
     if args.logappend and args.logfile is None:
         parser.error("--logappend needs --logfile")
+    check_sharing_args(parser, args)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s chardev-bridge: %(message)s", stream=sys.stderr

@@ -9,6 +9,7 @@ from typing import Literal
 from chardev_bridge.holding import check_hold_max, hold_limit
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.tlspolicy import Endpoint
+from chardev_bridge.viewers import ViewersConfig
 
 #: The port QEMU's documentation uses in its TLS chardev examples.
 DEFAULT_PORT = 9000
@@ -25,10 +26,15 @@ class TrafficLogConfig:
 
     path: Path
     append: bool = False
-    # "to-remote": what the bridge sends to the remote (QEMU's meaning); "both": both ways.
-    direction: Literal["to-remote", "both"] = "to-remote"
-    # "raw": the bytes as they are; "hex": timestamped hex dump lines.
-    format: Literal["raw", "hex"] = "raw"
+    # "to-remote": what the bridge sends to the remote (QEMU's meaning); "from-remote": what
+    # the remote sent (a VM's console output); "both": both ways.
+    direction: Literal["to-remote", "from-remote", "both"] = "to-remote"
+    # "raw": the bytes as they are; "hex": timestamped hex dump lines; "lines": one
+    # timestamped, escaped log line per console line.
+    format: Literal["raw", "hex", "lines"] = "raw"
+    # Rotate FILE -> FILE.1 ... FILE.<backups> before it would grow past this (None: never).
+    max_bytes: int | None = None
+    backups: int = 5
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class BridgeConfig:
     when_unread: Literal["block", "buffer"] = "block"
     scrollback: int = DEFAULT_SCROLLBACK
     traffic_log: TrafficLogConfig | None = None
+    # Read-only viewers of what the remote sends (None: no viewer socket).
+    viewers: ViewersConfig | None = None
     # End each TLS write with a 1-byte record so QEMU 7.2 processes it at once.
     qemu_stall_workaround: bool = True
     # On SIGTERM/SIGINT: how long in-flight bytes may take to drain before we cut.

@@ -1,0 +1,78 @@
+"""What a bridge shares besides its local end: the console log and the viewers.
+
+:func:`open_sharing` opens both at start (their failures are start-up errors) and yields the
+:class:`Taps` the sessions call with each chunk, or None when neither is configured (the data
+path then calls nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from chardev_bridge.config import BridgeConfig
+from chardev_bridge.consolelog import ConsoleLog, reopen_all
+from chardev_bridge.sharestats import ShareCounters
+from chardev_bridge.viewers import ViewerHub
+
+log = logging.getLogger("chardev_bridge")
+
+
+class Taps:
+    """The data path's taps: each chunk to the console log and to the viewers. Both only
+    queue the bytes, so a tap never waits."""
+
+    def __init__(self, console_log: ConsoleLog | None, viewers: ViewerHub | None) -> None:
+        self.console_log = console_log
+        self.viewers = viewers
+
+    def to_remote(self, data: bytes | bytearray) -> None:
+        """Bytes the local end sent to the remote: the log only (viewers never see them)."""
+        if self.console_log is not None:
+            self.console_log.to_remote(data)
+
+    def to_local(self, data: bytes | bytearray) -> None:
+        """Bytes the remote sent: the log and the viewers."""
+        if self.console_log is not None:
+            self.console_log.to_local(data)
+        if self.viewers is not None:
+            self.viewers.feed(data)
+
+    async def run(self) -> None:
+        """Serve viewers and reopen the log on SIGUSR1, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self.viewers is not None:
+                nursery.start_soon(self.viewers.serve)
+            if self.console_log is not None:
+                nursery.start_soon(_reopen_logs_on_sigusr1)
+
+
+async def _reopen_logs_on_sigusr1() -> None:
+    """SIGUSR1 reopens every log file by its name (an external logrotate moved it away)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only; an embedder handles them itself
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            log.info("SIGUSR1: reopening %d log file(s)", reopen_all())
+
+
+@asynccontextmanager
+async def open_sharing(cfg: BridgeConfig, counters: ShareCounters) -> AsyncIterator[Taps | None]:
+    """Open the console log and the viewer socket of ``cfg`` (either may be absent)."""
+    console_log = ConsoleLog(cfg.traffic_log, counters) if cfg.traffic_log else None
+    viewers = ViewerHub(cfg.viewers, counters) if cfg.viewers else None
+    try:
+        if viewers is not None:
+            await viewers.start()
+        yield Taps(console_log, viewers) if console_log or viewers else None
+    finally:
+        if viewers is not None:
+            with trio.CancelScope(shield=True):
+                await viewers.aclose()
+        if console_log is not None:
+            console_log.close()

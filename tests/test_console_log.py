@@ -1,0 +1,311 @@
+"""The console log: ``--logfile-direction from-remote`` with ``--log-format lines`` keeps what
+the remote printed as timestamped, escaped lines; ``--logfile-max``/``--logfile-backups`` rotate
+at line boundaries; SIGUSR1 reopens the file; a full or slow disk loses log lines, never
+console bytes nor time on the data path.
+
+Real ``chardev-bridge`` processes with a pty local end and a plain TCP remote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from chardev_bridge.config import TrafficLogConfig
+from chardev_bridge.consolelog import QUEUE_MAX, ConsoleLog, escape_line
+from tests.bridges import read_exactly
+from tests.procs import sha256
+from tests.sessionkit import HOST, cli_bridge, open_pty_app, tcp_connect
+
+MiB = 1 << 20
+STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00) (.*)$")
+
+
+def serving(log: Path, *extra: str) -> list[str]:
+    """A listening plain-TCP bridge with a pty local end, logging to ``log``."""
+    return ["--server", "--host", HOST, "--port", "0", "--logfile", str(log), *extra]
+
+
+LINES = ["--logfile-direction", "from-remote", "--log-format", "lines"]
+
+
+async def wait_for_file(path: Path, text: str, timeout: float = 10) -> str:
+    """The file's text once it contains ``text``."""
+    with trio.fail_after(timeout):
+        while True:
+            content = path.read_text() if path.exists() else ""
+            if text in content:
+                return content
+            await trio.sleep(0.05)
+
+
+async def test_from_remote_lines_log_has_timestamps_escapes_and_not_what_the_user_typed(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "vm1.log"
+    began = dt.datetime.now(dt.UTC)
+    printed = b"Linux version 6.1\r\n\x1b[1mWelcome\x1b[0m\tto vm1\r\nvm1 login: "
+    with trio.fail_after(30):
+        async with cli_bridge(serving(log, *LINES)) as proc:
+            pty_path = await proc.pty_path()
+            remote, _ = await tcp_connect(await proc.port())
+            async with open_pty_app(pty_path) as app:
+                await remote.send_all(printed)
+                assert await read_exactly(app, len(printed)) == printed
+                await app.send_all(b"root\n")
+                assert await read_exactly(remote, 5) == b"root\n"
+                # The prompt has no newline: it is written after a second without one.
+                text = await wait_for_file(log, "vm1 login: ")
+            await remote.aclose()
+    lines = text.splitlines()
+    assert [STAMPED.match(line)[2] for line in lines] == [  # type: ignore[index]
+        "Linux version 6.1",
+        "\\x1b[1mWelcome\\x1b[0m\tto vm1",
+        "vm1 login: ",
+    ]
+    for line in lines:
+        stamp = dt.datetime.fromisoformat(STAMPED.match(line)[1])  # type: ignore[index]
+        assert began - dt.timedelta(seconds=1) <= stamp <= dt.datetime.now(dt.UTC)
+    assert "root" not in text
+
+
+def test_escape_line_keeps_utf8_and_tab_and_escapes_other_controls() -> None:
+    assert escape_line("é\t\x07\x7f\u0085 ok".encode() + b"\xff") == "é\t\\x07\\x7f\\u0085 ok\\xff"
+
+
+async def test_both_directions_are_marked_in_lines(tmp_path: Path) -> None:
+    log = tmp_path / "both.log"
+    args = ["--logfile-direction", "both", "--log-format", "lines"]
+    with trio.fail_after(30):
+        async with cli_bridge(serving(log, *args)) as proc:
+            pty_path = await proc.pty_path()
+            remote, _ = await tcp_connect(await proc.port())
+            async with open_pty_app(pty_path) as app:
+                await remote.send_all(b"login: \r\n")
+                await read_exactly(app, 9)
+                await wait_for_file(log, "< login: ")
+                await app.send_all(b"root\r\n")
+                await read_exactly(remote, 6)
+                text = await wait_for_file(log, "> root")
+            await remote.aclose()
+    assert [STAMPED.match(line)[2] for line in text.splitlines()] == [  # type: ignore[index]
+        "< login: ",
+        "> root",
+    ]
+
+
+async def test_rotation_keeps_at_most_n_backups_each_within_the_limit_at_line_boundaries(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "vm1.log"
+    args = [*LINES, "--logfile-max", "4K", "--logfile-backups", "2"]
+    printed = b"".join(b"line %05d of the boot\r\n" % i for i in range(2000))
+    with trio.fail_after(30):
+        async with cli_bridge(serving(log, *args)) as proc:
+            pty_path = await proc.pty_path()
+            remote, _ = await tcp_connect(await proc.port())
+            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+                nursery.start_soon(remote.send_all, printed)
+                assert sha256(await read_exactly(app, len(printed))) == sha256(printed)
+            await wait_for_file(log, "line 01999 of the boot")
+            await remote.aclose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vm1.log", "vm1.log.1", "vm1.log.2"]
+    kept = []
+    for path in (log.with_name("vm1.log.2"), log.with_name("vm1.log.1"), log):
+        data = path.read_bytes()
+        assert len(data) <= 4096, path
+        assert data.endswith(b"\n"), path  # cut at a line boundary
+        kept += [STAMPED.match(line)[2] for line in data.decode().splitlines()]  # type: ignore[index]
+    # The newest lines, in order, none missing.
+    first = 2000 - len(kept)
+    assert first > 0
+    assert kept == [f"line {i:05d} of the boot" for i in range(first, 2000)]
+
+
+async def test_after_the_file_is_moved_away_sigusr1_sends_new_lines_to_a_new_file(
+    tmp_path: Path,
+) -> None:
+    log, moved = tmp_path / "vm1.log", tmp_path / "vm1.log-20261204"
+    with trio.fail_after(30):
+        async with cli_bridge(serving(log, *LINES)) as proc:
+            pty_path = await proc.pty_path()
+            remote, _ = await tcp_connect(await proc.port())
+            async with open_pty_app(pty_path) as app:
+                await remote.send_all(b"before rotation\n")
+                await read_exactly(app, 16)
+                await wait_for_file(log, "before rotation")
+                log.rename(moved)  # what logrotate does
+                proc.signal(signal.SIGUSR1)
+                await proc.wait_for(rf"traffic log {re.escape(str(log))} reopened")
+                await remote.send_all(b"after rotation\n")
+                await read_exactly(app, 15)
+                new = await wait_for_file(log, "after rotation")
+            await remote.aclose()
+            assert proc.proc.poll() is None  # SIGUSR1 did not end the bridge
+    assert "before" not in new
+    assert "after" not in moved.read_text()
+    assert "before rotation" in moved.read_text()
+
+
+def test_tail_follows_the_log_across_rotations(tmp_path: Path) -> None:
+    """``tail -F`` sees every line, rotation after rotation (renames, never copies)."""
+    log = tmp_path / "vm1.log"
+    cfg = TrafficLogConfig(log, direction="from-remote", format="lines", max_bytes=2048, backups=1)
+    console = ConsoleLog(cfg)
+    tail = subprocess.Popen(
+        ["tail", "-F", "-n", "+1", "-s", "0.1", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(tail.stdout or []), daemon=True)
+    reader.start()
+    try:
+        for burst in range(5):
+            # Each burst more than fills a file; tail gets time to notice each rotation.
+            console.to_local(b"".join(b"burst %d line %03d\n" % (burst, i) for i in range(40)))
+            console.flush()
+            time.sleep(1.0)
+        console.close()
+        time.sleep(0.5)
+    finally:
+        tail.terminate()
+        tail.wait(5)
+        reader.join(5)
+    got = [STAMPED.match(line.rstrip("\n"))[2] for line in seen if STAMPED.match(line)]  # type: ignore[index]
+    wanted = [f"burst {b} line {i:03d}" for b in range(5) for i in range(40)]
+    # Within a burst the file rotates too fast for polling to see every line of a file that
+    # lived a few milliseconds; the last file of each burst is followed to the end.
+    assert got[-1] == wanted[-1]
+    assert got == sorted(got) and set(got) <= set(wanted)
+    for burst in range(5):
+        assert f"burst {burst} line 039" in got
+
+
+@pytest.fixture
+def full_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (we run as root, as CI does), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_log_on_a_full_filesystem_loses_no_console_byte(full_fs: Path) -> None:
+    log = full_fs / "vm1.log"
+    args = ["--logfile-direction", "both", "--log-format", "hex"]
+    down, up = os.urandom(4 * MiB), os.urandom(2 * MiB)
+    with trio.fail_after(60):
+        async with cli_bridge(serving(log, *args)) as proc:
+            pty_path = await proc.pty_path()
+            remote, _ = await tcp_connect(await proc.port())
+            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+                nursery.start_soon(remote.send_all, down)
+                nursery.start_soon(app.send_all, up)
+                assert sha256(await read_exactly(app, len(down))) == sha256(down)
+                assert sha256(await read_exactly(remote, len(up))) == sha256(up)
+            await proc.wait_for(
+                rf"traffic log {re.escape(str(log))}: No space left on device; the bridge keeps"
+                " forwarding, the log misses bytes"
+            )
+            await remote.aclose()
+            await proc.wait_for(r"disconnected from 127\.0\.0\.1")
+            assert proc.proc.poll() is None
+        assert proc.count(r"No space left on device") == 1
+    assert 0 < log.stat().st_size <= 64 * 1024
+
+
+class SlowFile:
+    """A log file on a disk that takes 50 ms per write."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        time.sleep(0.05)
+        self.data += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_slow_disk_costs_log_lines_never_time_and_says_how_many_when_it_catches_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    console = ConsoleLog(TrafficLogConfig(tmp_path / "log"))
+    slow = SlowFile()
+    console._file = slow  # type: ignore[assignment]
+    chunk = os.urandom(256 * 1024)
+    began = time.monotonic()
+    for _ in range(4 * QUEUE_MAX // len(chunk)):
+        console.to_remote(chunk)
+    took = time.monotonic() - began
+    assert took < 1.0  # 32 MiB offered to the log, none of it written on this thread
+    assert console.flush(timeout=60)
+    console.to_remote(b"caught up\n")
+    console.close()
+    lost = console.counters.snapshot()
+    assert lost.log_bytes_lost >= QUEUE_MAX
+    assert lost.log_lines_lost >= lost.log_bytes_lost // 1024  # random bytes: 1 in 256 is \n
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        f"traffic log {tmp_path / 'log'}: writing falls behind (a slow disk?); the bridge keeps"
+        " forwarding, the log misses bytes",
+        f"traffic log {tmp_path / 'log'} is being written again;"
+        f" {lost.log_lines_lost} lines ({lost.log_bytes_lost} bytes) were lost",
+    ]
+    assert slow.data.endswith(b"caught up\n")
+
+
+async def test_sigusr1_reopens_the_log_without_ending_the_bridge_and_sigterm_still_ends_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "vm1.log"
+    with trio.fail_after(20):
+        async with cli_bridge(serving(log)) as proc:
+            await proc.pty_path()
+            proc.signal(signal.SIGUSR1)
+            await proc.wait_for(r"SIGUSR1: reopening 1 log file")
+            proc.signal(signal.SIGTERM)
+            assert proc.wait() == 0
+
+
+def test_lines_join_pieces_of_a_line_under_its_first_stamp_even_mid_character(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "vm1.log"
+    console = ConsoleLog(TrafficLogConfig(log, direction="from-remote", format="lines"))
+    console.to_remote(b"typed\n")  # not this direction: never logged
+    console.to_local(b"Gr\xc3")  # a line, and a character, cut in two
+    console.flush()
+    time.sleep(0.2)
+    console.to_local(b"\xbc\xc3\x9fe\r\nprogress 10%\rprogress 20%\r\nlast")
+    console.close()
+    lines = log.read_text().splitlines()
+    found = [STAMPED.match(line) for line in lines]
+    assert [m[2] for m in found if m] == [
+        "Grüße",
+        "progress 10%\\x0dprogress 20%",
+        "last",  # no newline ever came: written at the end
+    ]
+    first, second = (dt.datetime.fromisoformat(m[1]) for m in found[:2] if m)
+    assert (second - first).total_seconds() >= 0.15  # "Grüße" keeps the time it began

@@ -289,6 +289,17 @@ async def test_sigusr1_reopens_the_log_without_ending_the_bridge_and_sigterm_sti
             assert proc.wait() == 0
 
 
+async def test_sigusr1_to_a_bridge_without_a_log_file_is_ignored() -> None:
+    with trio.fail_after(20):
+        async with cli_bridge(["--server", "--host", HOST, "--port", "0"]) as proc:
+            await proc.pty_path()
+            proc.signal(signal.SIGUSR1)
+            await trio.sleep(0.3)
+            assert proc.proc.poll() is None, proc.log()
+            proc.signal(signal.SIGTERM)
+            assert proc.wait() == 0
+
+
 def test_lines_join_pieces_of_a_line_under_its_first_stamp_even_mid_character(
     tmp_path: Path,
 ) -> None:

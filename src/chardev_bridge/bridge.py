@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -366,6 +366,45 @@ class Bridge:
 
     async def _drop_while_disconnected(self) -> None:
         """``--when-disconnected drop``: between sessions, read and discard local bytes."""
+
+        def drop(data: bytes | bytearray) -> None:
+            if self._dropped_while_idle == 0:
+                log.warning("no remote connected: dropping local bytes (--when-disconnected drop)")
+            self._dropped_while_idle += len(data)
+
+        await self._read_between_sessions(drop)
+
+    async def _hold_while_disconnected(self, held: HeldBytes) -> None:
+        """A hold limit: between sessions, read local bytes into ``held`` with the time they
+        arrived, so that the next session gets only those young enough (see _claim). Reading
+        stops while ``held`` is full, until its oldest bytes age out."""
+
+        def begin() -> None:
+            if self.carry.pending:
+                # What the last session read but could not send is held from its end on.
+                held.add(bytes(self.carry.pending), trio.current_time())
+                self.carry.pending = memoryview(b"")
+
+        async def room() -> int:
+            held.expire(trio.current_time())
+            while not held.room():
+                await trio.sleep_until(held.next_expiry())
+                held.expire(trio.current_time())
+            return held.room()
+
+        await self._read_between_sessions(
+            lambda data: held.add(data, trio.current_time()), room=room, begin=begin
+        )
+
+    async def _read_between_sessions(
+        self,
+        keep: Callable[[bytes | bytearray], None],
+        *,
+        room: Callable[[], Awaitable[int | None]] | None = None,
+        begin: Callable[[], None] | None = None,
+    ) -> None:
+        """Between sessions, read the local end and ``keep`` what it says (at most what
+        ``room`` allows per read); :meth:`_claim` stops the read when a session begins."""
         assert self._local_stream is not None
         while True:
             # Re-read the event each time: _claim replaces it (unset) before it yields.
@@ -373,56 +412,15 @@ class Bridge:
                 await self._no_session.wait()
             if self.stopping:
                 return  # no next session will take what would be read now
-            self._idle_reader_gone = trio.Event()
-            try:
-                with trio.CancelScope() as self._idle_scope:
-                    try:
-                        data = await self._local_stream.receive_some()
-                    except STREAM_ERRORS as exc:
-                        # The next session meets the same failure and reports it too.
-                        log.error(
-                            "local end %s failed while disconnected: %s",
-                            self.local.describe(),
-                            describe_tls_error(exc),
-                        )
-                        return
-                    if not data:
-                        return
-                    if self.traffic is not None:
-                        self.traffic.to_remote(data)
-                    if self._dropped_while_idle == 0:
-                        log.warning(
-                            "no remote connected: dropping local bytes (--when-disconnected drop)"
-                        )
-                    self._dropped_while_idle += len(data)
-            finally:
-                self._idle_scope = None
-                self._idle_reader_gone.set()
-
-    async def _hold_while_disconnected(self, held: HeldBytes) -> None:
-        """A hold limit: between sessions, read local bytes into ``held`` with the time they
-        arrived, so that the next session gets only those young enough (see _claim). Reading
-        stops while ``held`` is full, until its oldest bytes age out."""
-        assert self._local_stream is not None
-        while True:
-            while self.sessions or not self._no_session.is_set():
-                await self._no_session.wait()
-            if self.stopping:
-                return  # no next session will take what would be read now
-            if self.carry.pending:
-                # What the last session read but could not send is held from its end on.
-                held.add(bytes(self.carry.pending), trio.current_time())
-                self.carry.pending = memoryview(b"")
+            if begin is not None:
+                begin()
             self._idle_reader_gone = trio.Event()
             try:
                 with trio.CancelScope() as self._idle_scope:
                     while True:
-                        held.expire(trio.current_time())
-                        if not held.room():
-                            await trio.sleep_until(held.next_expiry())
-                            continue
+                        size = await room() if room is not None else None
                         try:
-                            data = await self._local_stream.receive_some(held.room())
+                            data = await self._local_stream.receive_some(size)
                         except STREAM_ERRORS as exc:
                             # The next session meets the same failure and reports it too.
                             log.error(
@@ -435,7 +433,7 @@ class Bridge:
                             return  # its end: the next session reads it again
                         if self.traffic is not None:
                             self.traffic.to_remote(data)
-                        held.add(data, trio.current_time())
+                        keep(data)
             finally:
                 self._idle_scope = None
                 self._idle_reader_gone.set()

@@ -31,6 +31,7 @@ from chardev_bridge.local import LocalSpec, parse_local_spec
 from chardev_bridge.sharecli import (
     add_rotation_arguments,
     add_viewer_arguments,
+    byte_size,
     check_sharing_args,
     viewers_from_args,
 )
@@ -70,7 +71,7 @@ reconnecting:
 signals:
   SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight and send TLS
   close_notify (up to 5 s), remove the --link, exit 0. A second signal stops at once.
-  SIGUSR1 (with --logfile): reopen the log file by its name, after an external logrotate.
+  SIGUSR1: reopen the --logfile by its name, after an external logrotate (ignored without).
 
 exit status:
   0  the session ended cleanly, the local end ended (stdin EOF), or SIGTERM/SIGINT
@@ -94,14 +95,6 @@ def _positive_float(text: str) -> float:
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
     return value
-
-
-def _byte_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
-    if not (number.isascii() and number.isdigit()) or int(number) * unit < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 65536, 64K, 1M)")
-    return int(number) * unit
 
 
 def _local_spec(text: str) -> LocalSpec:
@@ -300,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loc.add_argument(
         "--scrollback",
-        type=_byte_size,
+        type=byte_size,
         default=DEFAULT_SCROLLBACK,
         metavar="BYTES",
         help=f"scrollback size for --when-unread buffer (default {DEFAULT_SCROLLBACK}; K/M/G ok)",
@@ -395,6 +388,9 @@ class _AnnounceReady:
 async def _run(cfg: BridgeConfig) -> int:
     result = 0
     shutdown = trio.Event()
+    # A logrotate that sends SIGUSR1 to every console process must not kill one without a
+    # log file (the default action); one with a log reopens it (sharing.py).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -16,7 +16,8 @@ from chardev_bridge.viewers import (
 DEFAULT_LOGFILE_BACKUPS = 5
 
 
-def _size(text: str, *, zero_ok: bool = False) -> int:
+def byte_size(text: str, *, zero_ok: bool = False) -> int:
+    """``65536``, ``64K``, ``1M``, ``2G`` as bytes; an argparse type (0 only with ``zero_ok``)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
     if number.isascii() and number.isdigit() and (int(number) > 0 or zero_ok):
@@ -25,7 +26,7 @@ def _size(text: str, *, zero_ok: bool = False) -> int:
 
 
 def _replay_size(text: str) -> int:
-    return _size(text, zero_ok=True)
+    return byte_size(text, zero_ok=True)
 
 
 def _count(text: str) -> int:
@@ -91,7 +92,7 @@ def add_rotation_arguments(group: argparse._ArgumentGroup) -> None:
     """``--logfile-max``, ``--logfile-backups``."""
     group.add_argument(
         "--logfile-max",
-        type=_size,
+        type=byte_size,
         metavar="SIZE",
         help="rotate --logfile at a line boundary before it passes SIZE (K/M/G):"
         " FILE -> FILE.1 -> ... (default: never; SIGUSR1 reopens it for an external logrotate)",

@@ -133,6 +133,23 @@ async def test_rotation_keeps_at_most_n_backups_each_within_the_limit_at_line_bo
     assert kept == [f"line {i:05d} of the boot" for i in range(first, 2000)]
 
 
+def test_a_rotation_that_cannot_rename_keeps_every_line_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "vm1.log"
+    log.with_name("vm1.log.1").mkdir()  # FILE cannot be renamed onto a directory
+    cfg = TrafficLogConfig(log, direction="from-remote", format="raw", max_bytes=100, backups=1)
+    console = ConsoleLog(cfg)
+    lines = [b"line %02d of the boot\n" % i for i in range(30)]
+    for line in lines:
+        console.to_local(line)
+        console.flush()
+    console.close()
+    assert log.read_bytes() == b"".join(lines)
+    said = [r.getMessage() for r in caplog.records if "cannot rotate" in r.getMessage()]
+    assert len(said) == 1 and "keeps growing past --logfile-max" in said[0]
+
+
 async def test_after_the_file_is_moved_away_sigusr1_sends_new_lines_to_a_new_file(
     tmp_path: Path,
 ) -> None:

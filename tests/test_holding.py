@@ -200,3 +200,29 @@ def test_a_hold_max_that_cannot_apply_is_one_error_line_at_start(
     )
     assert proc.returncode == status, proc.stderr
     assert proc.stderr.splitlines()[-1].endswith(words), proc.stderr
+
+
+async def test_piped_stdin_held_before_the_server_is_up_still_reaches_it() -> None:
+    """stdin ends at once; what it said is held, and keeps the bridge trying until a server
+    listens, instead of the bridge giving up (and exiting 0) after the first refusal."""
+    port = free_port()
+    bridge = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "chardev_bridge", "--host", HOST, "--port", str(port),
+         "--local", "stdio", "--hold-max", "10", "--reconnect", "0.2", "-q"],
+        env=ENV, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert bridge.stdin is not None
+    try:
+        await bridge.stdin.send_all(b"typed before the server was up\n")
+        await bridge.stdin.aclose()
+        await trio.sleep(0.8)  # refused a few times meanwhile
+        listener = (await trio.open_tcp_listeners(port, host=HOST))[0]
+        with trio.fail_after(10):
+            server = await listener.accept()
+            got = await read_until(server, b"\n")
+            assert got == b"typed before the server was up\n"
+            await server.aclose()
+            assert await bridge.wait() == 0
+        await listener.aclose()
+    finally:
+        bridge.kill()

@@ -230,14 +230,18 @@ def test_a_link_is_followed_unless_it_was_left_pointing_at_a_pty_that_went_away(
     assert refuse_reopen(usb, DeviceIdentity(os.makedev(188, 1), link, "/dev/ttyUSB1")) is None
 
 
-def _take_pty_number(path: str, tries: int = 100) -> tuple[int | None, list[int]]:
+def _take_pty_number(
+    path: str, tries: int = 100, *, raw: bool = True
+) -> tuple[int | None, list[int]]:
     """Open ptys until one gets ``path`` (the kernel hands out the lowest free number);
-    returns its master (None if another process got the number first) and every fd opened."""
+    returns its master (None if another process got the number first) and every fd opened,
+    its slave last. ``raw=False`` leaves it as a terminal window has it (echo, line editing)."""
     opened: list[int] = []
     for _ in range(tries):
         master, slave = os.openpty()
         opened += [master, slave]
-        make_raw(slave)  # no echo: all the master reads is what someone wrote to the pty
+        if raw:
+            make_raw(slave)  # no echo: all the master reads is what someone wrote to the pty
         if os.ttyname(slave) == path:
             return master, opened
     return None, opened
@@ -371,12 +375,15 @@ async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
                 # A new terminal gets the old number: the link now leads to a stranger.
                 stranger = None
                 while stranger is None:
-                    stranger, more = _take_pty_number(old_path, tries=1)
+                    stranger, more = _take_pty_number(old_path, tries=1, raw=False)
                     opened += more
                     await trio.sleep(0.01)
+                stranger_slave = opened[-1]
                 os.set_blocking(stranger, False)
                 await wait_log(caplog, "the link still points to " + old_path)
                 await trio.sleep(0.5)
+                # Not even opened and made raw: the stranger's terminal keeps echo and ^C.
+                assert not is_raw(stranger_slave)
                 # QEMU restarts with another pty, and the user points the link at it.
                 master2, slave2 = os.openpty()
                 opened += [master2, slave2]

@@ -32,12 +32,13 @@ from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.stdio import StdioEnd
 from chardev_bridge.remote import RemoteSession, TLSSetup, peer_name, start_session
 from chardev_bridge.scrollback import ScrollbackEnd
-from chardev_bridge.session_end import EndFacts, Failure, Loudness, judge_end
+from chardev_bridge.session_end import EndFacts, Failure, Loudness, Verdict, judge_end
 from chardev_bridge.sharestats import ShareCounters
 from chardev_bridge.sharing import Taps, open_sharing
 from chardev_bridge.socketstream import DirectSocketStream
 from chardev_bridge.tlsconfig import build_tls_setup
 from chardev_bridge.tlserrors import (
+    RECONNECT_HINT,
     describe_plain_rejection,
     describe_quick_rejection,
     describe_tls_error,
@@ -309,55 +310,80 @@ class Bridge:
             await session.run()
         finally:
             lasted = trio.current_time() - began
-            facts = EndFacts(
-                failure=stats.failure,
-                lasted=lasted,
-                to_local=stats.to_local,
-                to_remote=stats.to_remote,
-                local_eof=stats.local_eof,
-                remote_eof=stats.remote_eof,
-                ragged_eof=remote.ragged_eof,
-                ended_by=stats.ended_by,
-                rejectable=rejectable,
-                quick_reject_seconds=_QUICK_REJECT_SECONDS,
-                close_notify_sent=stats.local_eof and (hold is None or hold.eof_sent),
-                plain_client=tls is None and not self.cfg.listen,
-                one_shot=not self.cfg.listen and self.cfg.reconnect is None,
-            )
-            verdict = judge_end(
-                facts,
-                rejection=lambda: _probable_rejection(tls),
-                expects_tls=describe_plain_rejection,
-            )
-            stats.failure = verdict.failure
-            if verdict.rejected and session.unconfirmed and self.local.persistent:
-                # The server threw them away unread: the next session sends them again.
-                replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
-                self.carry.pending = memoryview(replay)
-            level = logging.ERROR if verdict.loudness is Loudness.ERROR else logging.INFO
-            again = ""
-            if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
-                repeats.reset()  # a session that worked: its failure is news again
-            if repeats is not None and stats.failure is not None:
-                log_it, count = repeats.should_log(str(stats.failure))
-                if not log_it:
-                    level = logging.DEBUG
-                elif count > 1:
-                    again = f" ({count} times in a row)"
-            self._last_rejection = str(stats.failure) if verdict.rejected else None
-            self._session_failure = stats.failure
-            # The slot is free before the peer can see the session end: a client that
-            # reconnects as soon as it sees our close must find the line free.
-            self._release(active)
-            with trio.CancelScope(shield=True):
-                await remote.stream.aclose()
-                if not self.local.persistent:
-                    await local_stream.aclose()
+            try:
+                verdict, level, again = self._settle(session, remote, hold, lasted, repeats)
+            finally:
+                # The slot is free before the peer can see the session end: a client that
+                # reconnects as soon as it sees our close must find the line free.
+                self._release(active)
+                with trio.CancelScope(shield=True):
+                    await remote.stream.aclose()
+                    if not self.local.persistent:
+                        await local_stream.aclose()
             _log_disconnect(remote, stats, lasted, level, again)
             if verdict.hint is not None:
                 log.warning("%s", verdict.hint)
             active.done.set()
         return stats
+
+    def _settle(
+        self,
+        session: Session,
+        remote: RemoteSession,
+        hold: _EofAfterVerdict | None,
+        lasted: float,
+        repeats: RepeatFilter | None,
+    ) -> tuple[Verdict, int, str]:
+        """Judge how ``session`` ended and act on it before the slot is freed: a replay for
+        the next session, the repeat count; returns the verdict, log level and repeat note."""
+        stats, tls = session.stats, self.tls
+        facts = EndFacts(
+            failure=stats.failure,
+            lasted=lasted,
+            to_local=stats.to_local,
+            to_remote=stats.to_remote,
+            local_eof=stats.local_eof,
+            remote_eof=stats.remote_eof,
+            ragged_eof=remote.ragged_eof,
+            ended_by=stats.ended_by,
+            rejectable=session.replay_window > 0,
+            quick_reject_seconds=_QUICK_REJECT_SECONDS,
+            close_notify_sent=stats.local_eof and (hold is None or hold.eof_sent),
+            plain_client=tls is None and not self.cfg.listen,
+            one_shot=not self.cfg.listen and self.cfg.reconnect is None,
+        )
+        verdict = judge_end(
+            facts,
+            rejection=lambda: _probable_rejection(tls),
+            expects_tls=describe_plain_rejection,
+        )
+        stats.failure = verdict.failure
+        if verdict.rejected and self.local.persistent:
+            if session.unconfirmed:
+                # The server threw them away unread: the next session sends them again.
+                replay = bytes(session.unconfirmed) + bytes(self.carry.pending)
+                self.carry.pending = memoryview(replay)
+            if lasted > session.replay_window and stats.to_remote:
+                log.warning(
+                    "the server ended the session %.2fs after the handshake, after the replay"
+                    " window (%.2fs): what it had not read of the %d bytes sent is lost",
+                    lasted,
+                    session.replay_window,
+                    stats.to_remote,
+                )
+        level = logging.ERROR if verdict.loudness is Loudness.ERROR else logging.INFO
+        again = ""
+        if repeats is not None and (stats.to_local > 0 or lasted >= _STABLE_SESSION_SECONDS):
+            repeats.reset()  # a session that worked: its failure is news again
+        if repeats is not None and stats.failure is not None:
+            log_it, count = repeats.should_log(str(stats.failure))
+            if not log_it:
+                level = logging.DEBUG
+            elif count > 1:
+                again = f" ({count} times in a row)"
+        self._last_rejection = str(stats.failure) if verdict.rejected else None
+        self._session_failure = stats.failure
+        return verdict, level, again
 
     async def _open_local(self) -> trio.abc.Stream:
         if self._local_stream is not None:
@@ -678,11 +704,15 @@ class Bridge:
             began = trio.current_time()
             self._refused = False
             failure = await self._connect_once(target, repeats)
-            if self.local.exhausted and not self.stopping and failure is None:
-                # (After a failure, the failure stays the last line.)
-                log.info("local end %s has ended; stopping", self.local.describe())
-            if self.local.exhausted or self.stopping:
+            if self.stopping:
                 return 0
+            # A local end that ended (stdin EOF) may still have bytes waiting to be sent:
+            # they keep the bridge trying, as long as it tries at all.
+            if self.local.exhausted and not self._holds_bytes():
+                if failure is None:
+                    # (After a failure, the failure stays the last line.)
+                    log.info("local end %s has ended; stopping", self.local.describe())
+                return 0 if failure is None else 1
             if cfg.reconnect is None:
                 return 0 if failure is None else 1
             if trio.current_time() - began >= _STABLE_SESSION_SECONDS:
@@ -691,6 +721,10 @@ class Bridge:
             log.debug("reconnecting to %s in %.1fs", target, delay)
             await trio.sleep(delay)
         return 0
+
+    def _holds_bytes(self) -> bool:
+        """Whether local bytes wait for a session (carried over, or held meanwhile)."""
+        return bool(self.carry.pending) or (self._held is not None and len(self._held) > 0)
 
     async def _connect_per_local_client(self) -> None:
         """``--max-sessions N`` with a listening local end: each local client gets its own
@@ -753,6 +787,8 @@ class Bridge:
                 failure = f"server denied by our policy: {exc}"
             else:
                 failure = describe_tls_error(exc)
+                if self._refused and cfg.reconnect is None:
+                    failure += RECONNECT_HINT
             log_it, count = repeats.should_log(failure)
             if log_it or cfg.reconnect is None:
                 again = f" ({count} times in a row)" if count > 1 else ""

@@ -143,6 +143,7 @@ class ConsoleLog:
         # The worker's own.
         self._partials: dict[str, _Partial] = {}
         self._failing = False
+        self._rotation_failing = False
         self._last_write_ok = False
         self._lost_lines = 0
         self._lost_bytes = 0
@@ -410,7 +411,17 @@ class ConsoleLog:
             else:
                 path.unlink(missing_ok=True)
         except OSError as exc:
-            log.error("traffic log %s: cannot rotate: %s", path, exc.strerror or exc)
+            # FILE still holds the log: truncating it now would throw it away. Keep
+            # appending past the limit until a rotation works, and say so once.
+            if not self._rotation_failing:
+                self._rotation_failing = True
+                log.error(
+                    "traffic log %s: cannot rotate (%s); it keeps growing past --logfile-max",
+                    path,
+                    exc.strerror or exc,
+                )
+            return
+        self._rotation_failing = False
         self._reopen_file(truncate=True)
 
     def _reopen_file(self, truncate: bool = False) -> None:

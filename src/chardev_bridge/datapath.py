@@ -160,6 +160,7 @@ class Session:
         self.unconfirmed = bytearray()
         self._replay_until: float | None = None
         self._remote_spoke = trio.Event()
+        self.replay_window = replay_window
         if replay_window > 0:
             self._replay_until = trio.current_time() + replay_window
         self._pumps: trio.Nursery | None = None

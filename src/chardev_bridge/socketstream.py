@@ -132,6 +132,20 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
                 if self._unyielded >= self.yield_every:
                     await self._yield_now()
 
+    def try_send(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the kernel takes at once, without waiting; how many bytes it took.
+
+        For a few bytes owed to the peer from the receiving side (a TLS alert or KeyUpdate
+        reply); the caller keeps the rest for its next :meth:`send_all`. Failures are left
+        to that next send to report.
+        """
+        if self._eof_sent or self._sock.fileno() == -1:
+            return 0
+        try:
+            return self._sock.send(data)
+        except OSError:
+            return 0
+
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more bytes."""
         with self._sending:

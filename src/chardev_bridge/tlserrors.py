@@ -17,11 +17,10 @@ from chardev_bridge.session_end import (
     Side,
 )
 
-# Nothing listens yet (QEMU not started, wrong port): worth saying that --reconnect waits.
-REFUSED = (
-    "connection refused: nothing listens there yet (with --reconnect SECONDS the bridge"
-    " retries until something does)"
-)
+# Nothing listens yet (QEMU not started, wrong port).
+REFUSED = "connection refused: nothing listens there yet"
+# Said after REFUSED by a bridge that does not retry.
+RECONNECT_HINT = " (with --reconnect SECONDS the bridge retries until something does)"
 
 # A TLS server ended the connection right after the handshake, having said nothing: QEMU
 # does this when the client certificate fails verification or tls-authz (it checks only

@@ -72,6 +72,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._sending = OneAtATime("sending")
         self._closed = False
         self._pending_plaintext = b""
+        # Ciphertext taken from the engine that the transport has not taken yet: it goes
+        # out first with the next flush.
+        self._unsent = b""
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -152,10 +155,12 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     engine.answer_post_handshake()
                     if engine.has_data_to_send and not self._transport_busy:
                         # Reading produced records the peer may be waiting for (a refused
-                        # renegotiation's alert, a KeyUpdate reply) and we hold no plaintext:
-                        # send them now, not with our next application write. A send in
-                        # progress takes them along instead.
-                        await self._flush()
+                        # renegotiation's alert, a KeyUpdate reply): hand them to the kernel
+                        # now, not with our next application write. Never waiting here: a
+                        # reader must not block on a peer that does not read, nor be stopped
+                        # halfway through a record. What does not fit goes with the next
+                        # send; a send in progress takes them along itself.
+                        self._send_without_waiting()
                     try:
                         data = await self.transport.receive_some(TRANSPORT_READ)
                     except trio.ClosedResourceError:
@@ -175,7 +180,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         """Put the alert OpenSSL queued for a fatal error (bad MAC, record overflow, an
         unexpected message) on the wire, so that the peer learns why, not just that we
         closed; bounded, and done even when the receive was being cancelled."""
-        if not self._engine.has_data_to_send or self._transport_broken:
+        if not (self._unsent or self._engine.has_data_to_send) or self._transport_broken:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(ALERT_SECONDS):
             await self._flush_best_effort()
@@ -236,7 +241,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             await self._transport_idle.wait()
         self._transport_busy = True
         try:
-            while data := self._engine.data_to_send():
+            while data := self._take_unsent() + self._engine.data_to_send():
                 await self.transport.send_all(data)
         except BaseException as exc:
             # Part of a record may have gone out: a close_notify after it would be garbage.
@@ -249,6 +254,18 @@ class TLSStream(trio.abc.HalfCloseableStream):
             if self._transport_idle is not None:
                 self._transport_idle.set()
                 self._transport_idle = None
+
+    def _take_unsent(self) -> bytes:
+        data, self._unsent = self._unsent, b""
+        return data
+
+    def _send_without_waiting(self) -> None:
+        """Give the transport what the engine queued, as far as it takes it at once."""
+        try_send = getattr(self.transport, "try_send", None)
+        if try_send is None:
+            return  # a transport that can only wait: the next send takes them
+        data = self._take_unsent() + self._engine.data_to_send()
+        self._unsent = data[try_send(data) :]
 
     async def _flush_best_effort(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -274,7 +291,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     engine.send_close_notify()
                 except ssl.SSLError:
                     pass  # a failed session has no close_notify; its alert still goes below
-            if engine.has_data_to_send:
+            if self._unsent or engine.has_data_to_send:
                 # A peer that stopped reading must not hold up our close.
                 with trio.move_on_after(ALERT_SECONDS):
                     await self._flush_best_effort()

@@ -40,6 +40,9 @@ VIEWER_QUEUE_MAX = 1 << 20
 _DISCARD_CHUNK = 64 * 1024
 #: Queued chunks smaller than this are joined into one send.
 _JOIN_BELOW = 64 * 1024
+# Chunks smaller than this are gathered into one per viewer: a console echoing keystrokes to
+# a stalled viewer must cost its bound in bytes, not a Python object per byte.
+_GATHER_BELOW = 4096
 #: Loopback: viewers are local people unless the spec names another address.
 DEFAULT_VIEWERS_HOST = "127.0.0.1"
 
@@ -87,7 +90,7 @@ class _Viewer:
     number: int
     peer: str
     stream: trio.SocketStream
-    chunks: deque[bytes] = field(default_factory=deque)
+    chunks: deque[bytes | bytearray] = field(default_factory=deque)
     queued: int = 0
     wake: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -139,7 +142,13 @@ class ViewerHub:
                 viewer.queued = 0
                 viewer.scope.cancel()
                 continue
-            viewer.chunks.append(chunk)
+            last = viewer.chunks[-1] if viewer.chunks else None
+            if len(chunk) >= _GATHER_BELOW:
+                viewer.chunks.append(chunk)
+            elif isinstance(last, bytearray):
+                last += chunk  # a gathering of small chunks (never one being sent)
+            else:
+                viewer.chunks.append(bytearray(chunk))
             viewer.queued += len(chunk)
             viewer.wake.set()
 
@@ -292,9 +301,12 @@ class ViewerHub:
             while not viewer.chunks:
                 viewer.wake = trio.Event()
                 await viewer.wake.wait()
-            chunk = viewer.chunks.popleft()
-            while viewer.chunks and len(chunk) < _JOIN_BELOW:
-                chunk += viewer.chunks.popleft()
+            parts = [viewer.chunks.popleft()]
+            size = len(parts[0])
+            while viewer.chunks and size < _JOIN_BELOW:
+                parts.append(viewer.chunks.popleft())
+                size += len(parts[-1])
+            chunk = b"".join(parts) if len(parts) > 1 else parts[0]
             try:
                 await viewer.stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -329,5 +341,8 @@ class ViewerHub:
                 return f"{self.cfg.path} (uid {uid}, pid {pid})"
             except OSError:
                 return str(self.cfg.path)
-        host, port = sock.getpeername()[:2]
+        try:
+            host, port = sock.getpeername()[:2]
+        except OSError:
+            return "a peer that has already left"  # reset before it was accepted
         return format_hostport(host, port)

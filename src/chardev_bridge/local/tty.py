@@ -102,22 +102,24 @@ def _majmin(rdev: int) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def _identity(path: str, fd: int) -> DeviceIdentity:
-    """The identity of the device open as ``fd``, reached through ``path``."""
-    rdev = os.fstat(fd).st_rdev
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return DeviceIdentity(rdev, None, path)
+def _identity(path: str) -> DeviceIdentity:
+    """The identity of the device ``path`` leads to now, before anything opens it: opening
+    a device (a serial line's DTR) or making it raw (someone's terminal) is already an act
+    on it. Raises ``OSError`` when the path leads nowhere."""
+    rdev = os.stat(path).st_rdev
+    st = os.lstat(path)
     if not stat.S_ISLNK(st.st_mode):
         return DeviceIdentity(rdev, None, path)
     return DeviceIdentity(rdev, (st.st_dev, st.st_ino, st.st_ctime_ns), os.path.realpath(path))
 
 
-def _open_raw(path: str) -> int:
-    """Open ``path`` read-write in raw mode; an :class:`OSError` naming the path if it fails."""
+def _open(path: str, identity: DeviceIdentity) -> int:
+    """Open the device ``identity`` names at ``path``, read-write, and make it raw; an
+    ``OSError`` naming the path if it fails, or if another device took its place meanwhile."""
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
+        if os.fstat(fd).st_rdev != identity.rdev:
+            raise OSError(errno.EAGAIN, "it changed while being opened", path)
         make_raw(fd)
     except OSError as exc:
         os.close(fd)
@@ -150,13 +152,9 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
 
     async def start(self) -> None:
         """Open the device now: a wrong path is a start-up error, not a retry loop."""
-        fd = _open_raw(self.path)
-        try:
-            self._identity = _identity(self.path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._stream = trio.lowlevel.FdStream(fd)
+        identity = _identity(self.path)
+        self._stream = trio.lowlevel.FdStream(_open(self.path, identity))
+        self._identity = identity
         await trio.lowlevel.checkpoint()
 
     async def next_stream(self) -> trio.abc.Stream:
@@ -204,20 +202,15 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
             repeats = RepeatFilter()
             await trio.sleep(self._backoff.next_delay())
             while True:
-                fd = -1
                 try:
-                    fd = _open_raw(self.path)
-                    now = _identity(self.path, fd)
-                except OSError as exc:
-                    if fd >= 0:
-                        os.close(fd)
-                    why = str(exc.strerror)
-                else:
+                    now = _identity(self.path)
                     refused = refuse_reopen(self._identity, now)
                     if refused is None:
+                        fd = _open(self.path, now)
                         break
-                    os.close(fd)
                     why = f"not reopened: {refused}"
+                except OSError as exc:
+                    why = str(exc.strerror)
                 show, count = repeats.should_log(why)
                 # "is gone" was just said; a refusal is news, a missing path only if it lasts.
                 if show and (count > 1 or why.startswith("not reopened")):

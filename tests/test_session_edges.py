@@ -175,7 +175,10 @@ async def test_local_end_that_never_comes_is_reported_in_words(
         async with running_bridge(cfg) as ready:
             client = await trio.open_tcp_stream(HOST, ready.ports[0])
             assert await client.receive_some() == b""
-    assert f"cannot open local end unix {path}: [Errno 2] No such file or directory" in caplog.text
+    assert (
+        f"cannot open local end unix {path}: No such file or directory (is the program that"
+        " serves it running, e.g. QEMU with -chardev socket,path=…,server=on,wait=off?)"
+    ) in caplog.text
     assert "unexpected" not in caplog.text
 
 

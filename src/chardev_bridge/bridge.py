@@ -85,6 +85,12 @@ _LOCAL_WAIT_SECONDS = 30.0
 # The longest delay between tries of a socket local end that is not there.
 _LOCAL_RETRY_MAX = 1.0
 
+# A unix local end that stays away is usually a QEMU that is not (yet) running.
+_LOCAL_SOCKET_HINT = (
+    " (is the program that serves it running, e.g. QEMU with -chardev"
+    " socket,path=…,server=on,wait=off?)"
+)
+
 # How often a remote waiting for its local end is checked for having left; the states are
 # Linux's (include/net/tcp_states.h), read from TCP_INFO.
 _REMOTE_WATCH_SECONDS = 1.0
@@ -588,10 +594,11 @@ class Bridge:
                     local_stream = await self._open_local_for(remote, tcp)
                 except OSError as exc:
                     log.error(
-                        "closing %s: cannot open local end %s: %s",
+                        "closing %s: cannot open local end %s: %s%s",
                         peer,
                         self.local.describe(),
-                        exc,
+                        exc.strerror or exc,
+                        _LOCAL_SOCKET_HINT if self.cfg.local.kind == "unix" else "",
                     )
                     return
                 if local_stream is None:

@@ -76,7 +76,8 @@ signals:
 exit status:
   0  the session ended cleanly, the local end ended (stdin EOF), or SIGTERM/SIGINT
   1  a start-up error (credentials, address, local end: one line naming it), or a failed
-     connection or session of a connecting bridge without --reconnect
+     connection or session of a connecting bridge without --reconnect, or the last one
+     before its local end ended (stdin EOF) with --reconnect
   2  a command line error
 """
 

@@ -75,4 +75,6 @@ async def open_sharing(cfg: BridgeConfig, counters: ShareCounters) -> AsyncItera
             with trio.CancelScope(shield=True):
                 await viewers.aclose()
         if console_log is not None:
-            console_log.close()
+            # Joining the writer thread may wait on a slow disk: not on the event loop.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(console_log.close)

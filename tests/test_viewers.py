@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from chardev_bridge.config import BridgeConfig
@@ -353,3 +354,27 @@ async def test_counters_for_a_status_endpoint_count_viewers_and_discarded_bytes(
             await remote.aclose()
             await stalled.aclose()
             await refused.aclose()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--replay", "1K"], "--replay needs --viewers"),
+        (["--max-viewers", "4"], "--max-viewers needs --viewers"),
+        (["--viewers-mode", "0660"], "--viewers-mode needs --viewers"),
+        (["--logfile", "/tmp/x.log", "--logfile-backups", "3"], "--logfile-backups needs"),
+    ],
+)
+def test_a_sharing_option_that_would_be_ignored_is_one_error_line(
+    argv: list[str], words: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "chardev_bridge", *argv],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and words in proc.stderr, proc.stderr

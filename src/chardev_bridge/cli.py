@@ -33,6 +33,7 @@ from chardev_bridge.sharecli import (
     add_viewer_arguments,
     byte_size,
     check_sharing_args,
+    logfile_backups,
     viewers_from_args,
 )
 from chardev_bridge.starterror import StartError, describe_listen_error
@@ -368,7 +369,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
                 direction=args.logfile_direction,
                 format=args.log_format,
                 max_bytes=args.logfile_max,
-                backups=args.logfile_backups,
+                backups=logfile_backups(args),
             )
             if args.logfile
             else None

@@ -66,14 +66,12 @@ def add_viewer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-viewers",
         type=_count,
-        default=DEFAULT_MAX_VIEWERS,
         metavar="N",
         help=f"viewers at once; the next is refused (default {DEFAULT_MAX_VIEWERS})",
     )
     group.add_argument(
         "--viewers-mode",
         type=_mode,
-        default=DEFAULT_VIEWERS_MODE,
         metavar="MODE",
         help="octal mode of a unix-listen viewer socket: who may connect may watch"
         f" (default {DEFAULT_VIEWERS_MODE:04o}, the owner only)",
@@ -81,7 +79,6 @@ def add_viewer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--replay",
         type=_replay_size,
-        default=DEFAULT_REPLAY,
         metavar="BYTES",
         help="a viewer first gets the last BYTES the remote sent"
         f" (default {DEFAULT_REPLAY // 1024}K; K/M/G ok; 0: none)",
@@ -100,18 +97,29 @@ def add_rotation_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--logfile-backups",
         type=_count,
-        default=DEFAULT_LOGFILE_BACKUPS,
         metavar="N",
         help=f"rotated files to keep, FILE.1 to FILE.N (default {DEFAULT_LOGFILE_BACKUPS})",
     )
 
 
 def check_sharing_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Combinations argparse cannot refuse by itself (exits 2 with one line)."""
-    if args.max_viewers < 1:
+    """Combinations argparse cannot refuse by itself (exits 2 with one line): an option
+    that would be silently ignored is an error, as on the rest of the command line."""
+    if args.max_viewers is not None and args.max_viewers < 1:
         parser.error("--max-viewers must be at least 1")
+    if args.viewers is None:
+        for option in ("max_viewers", "viewers_mode", "replay"):
+            if getattr(args, option) is not None:
+                parser.error(f"--{option.replace('_', '-')} needs --viewers")
     if args.logfile_max is not None and args.logfile is None:
         parser.error("--logfile-max needs --logfile")
+    if args.logfile_backups is not None and args.logfile_max is None:
+        parser.error("--logfile-backups needs --logfile-max")
+
+
+def logfile_backups(args: argparse.Namespace) -> int:
+    """``--logfile-backups``, or its default."""
+    return DEFAULT_LOGFILE_BACKUPS if args.logfile_backups is None else int(args.logfile_backups)
 
 
 def viewers_from_args(args: argparse.Namespace) -> ViewersConfig | None:
@@ -120,5 +128,8 @@ def viewers_from_args(args: argparse.Namespace) -> ViewersConfig | None:
     if spec is None:
         return None
     return dataclasses.replace(
-        spec, max_viewers=args.max_viewers, mode=args.viewers_mode, replay=args.replay
+        spec,
+        max_viewers=DEFAULT_MAX_VIEWERS if args.max_viewers is None else args.max_viewers,
+        mode=DEFAULT_VIEWERS_MODE if args.viewers_mode is None else args.viewers_mode,
+        replay=DEFAULT_REPLAY if args.replay is None else args.replay,
     )

@@ -4,6 +4,7 @@ next boot; an explicit --when-disconnected block still keeps every byte)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from chardev_bridge.bridge import run_bridge
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.config import BridgeConfig
 from chardev_bridge.holding import (
@@ -226,3 +228,21 @@ async def test_piped_stdin_held_before_the_server_is_up_still_reaches_it() -> No
         await listener.aclose()
     finally:
         bridge.kill()
+
+
+async def test_bytes_held_when_the_bridge_stops_are_counted_in_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    cfg = BridgeConfig(
+        host=HOST, port=free_port(), local=LocalSpec("pty"), reconnect=0.2, hold_max=30
+    )
+    shutdown = trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ready = await nursery.start(functools.partial(run_bridge, cfg, shutdown=shutdown))
+            async with open_pty_app(ready.pty_path) as app:
+                await app.send_all(b"typed while down\n")
+                await trio.sleep(0.5)  # read by the bridge, held: nothing listens
+                shutdown.set()
+    assert log_lines(caplog, "^17 local bytes read from pty /dev/pts/\\d+ were never sent")

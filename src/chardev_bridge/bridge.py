@@ -230,7 +230,20 @@ class Bridge:
                         code = 1
                 await self._deliver_scrollback()
                 nursery.cancel_scope.cancel()
+        if code == 0:  # else the failure, which says why, stays the last line
+            self._report_unsent()
         return code
+
+    def _report_unsent(self) -> None:
+        """Say how many local bytes the bridge read and could not send before it ended."""
+        unsent = len(self.carry.pending) + (len(self._held) if self._held is not None else 0)
+        if unsent:
+            log.warning(
+                "%d local bytes read from %s were never sent: no remote took them before the"
+                " bridge ended",
+                unsent,
+                self.local.describe(),
+            )
 
     async def shutdown_on(self, event: trio.Event) -> None:
         """Wait for ``event``, then end gracefully within ``shutdown_grace`` seconds."""

@@ -18,8 +18,8 @@ import trio
 
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.config import BridgeConfig, TrafficLogConfig
+from chardev_bridge.consolelog import ConsoleLog, hex_lines
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.trafficlog import TrafficLog, hex_lines
 from tests.bridges import read_exactly, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (
@@ -187,7 +187,7 @@ def test_a_log_that_comes_back_is_written_again_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chardev_bridge")
-    traffic = TrafficLog(TrafficLogConfig(tmp_path / "log"))
+    traffic = ConsoleLog(TrafficLogConfig(tmp_path / "log"))
     flaky = FlakyFile(failures=50)
     traffic._file = flaky  # type: ignore[assignment]
     for i in range(60):
@@ -253,4 +253,4 @@ def test_log_file_that_cannot_be_opened_is_an_error_at_start_naming_the_option(
 ) -> None:
     missing = tmp_path / "no-such-dir" / "traffic.log"
     with pytest.raises(OSError, match=rf"^--logfile {re.escape(str(missing))}: No such file"):
-        TrafficLog(TrafficLogConfig(path=missing))
+        ConsoleLog(TrafficLogConfig(path=missing))

@@ -20,8 +20,8 @@ import statistics
 import sys
 import time
 
-from chardev_bridge.tlsengine import TLSEngine
-from chardev_bridge.tlsstream import SEND_PIECE
+from chardev_bridge.tls.engine import TLSEngine
+from chardev_bridge.tls.stream import SEND_PIECE
 
 BATCHES = 100
 PIECES_PER_BATCH = 300

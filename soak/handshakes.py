@@ -47,7 +47,7 @@ def clients(client_dir: Path) -> list[ssl.SSLContext]:
 
 def psk_clients(keys_dir: Path) -> list[ssl.SSLContext]:
     """A PSK client as the bridge makes one (sslpsk3 on Python < 3.13)."""
-    from chardev_bridge.psk import build_psk_setup
+    from chardev_bridge.qemu.psk import build_psk_setup
 
     return [build_psk_setup(keys_dir, endpoint="client", username="qemu").context]
 

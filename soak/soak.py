@@ -46,7 +46,7 @@ from tests.sessionkit import (  # noqa: E402
     rss_kib,
 )
 
-from chardev_bridge import pki  # noqa: E402
+from chardev_bridge.qemu import pki  # noqa: E402
 
 MAGIC = b"\xa5SOAK\x5a\x00\xff"
 IDLE_TIMEOUT = 3.0

@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from chardev_bridge.bridge import BridgeReady, run_bridge
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.local.termios_raw import make_raw
 
 

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ObjectIdentifier
 
-from chardev_bridge import pki
+from chardev_bridge.qemu import pki
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)

@@ -19,7 +19,7 @@ import pytest
 import trio
 from cryptography import x509
 
-from chardev_bridge.authz import qemu_dn
+from chardev_bridge.qemu.authz import qemu_dn
 from tests.peers import Qemu
 
 LOGGER = "chardev_bridge"

@@ -27,12 +27,12 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge import pki
-from chardev_bridge.bridge import run_bridge
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import run_bridge
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.priority import LOCAL_POLICY_FILE, parse_priority
-from chardev_bridge.tlspolicy import TLSPolicy, load_x509_creds, make_ssl_context
+from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
+from chardev_bridge.qemu.priority import LOCAL_POLICY_FILE, parse_priority
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.certcraft import DAY, NOW, craft, write_dir
 from tests.peers import qemu_errors, qemu_load, require_tool, tls_creds_args

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from chardev_bridge import pki
-from chardev_bridge.authz import (
+from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.authz import (
     AuthzFileError,
     AuthzList,
     AuthzRule,

@@ -10,8 +10,8 @@ import socket
 import pytest
 import trio
 
-from chardev_bridge.backoff import REFUSED_INITIAL, ReconnectBackoff, is_refused
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.common.backoff import REFUSED_INITIAL, ReconnectBackoff, is_refused
 from chardev_bridge.local import LocalSpec
 from tests.bridges import running_bridge
 from tests.sessionkit import HOST, free_port, wait_log

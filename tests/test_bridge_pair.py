@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
 from tests.conftest import PKI

@@ -23,10 +23,10 @@ import pytest
 import trio
 
 from chardev_bridge import __version__
-from chardev_bridge.bridge import MAX_PENDING_HANDSHAKES
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.remote import start_session
+from chardev_bridge.bridge.slots import MAX_PENDING_HANDSHAKES
 from chardev_bridge.cli import build_parser, config_from_args
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.remote import start_session
 from tests.bridges import read_exactly
 from tests.conftest import PKI, make_pki, write_creds_dir
 from tests.peers import require_tool

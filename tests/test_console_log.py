@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.config import TrafficLogConfig
-from chardev_bridge.consolelog import QUEUE_MAX, ConsoleLog, escape_line
+from chardev_bridge.bridge.config import TrafficLogConfig
+from chardev_bridge.share.consolelog import QUEUE_MAX, ConsoleLog, escape_line
 from tests.bridges import read_exactly
 from tests.procs import sha256
 from tests.sessionkit import HOST, cli_bridge, open_pty_app, tcp_connect

@@ -13,8 +13,8 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge import pki
-from chardev_bridge.credcheck import Finding, check_creds, guess_endpoint, has_errors
+from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.credcheck import Finding, check_creds, guess_endpoint, has_errors
 from tests.certcraft import DAY, NOW, craft, write_dir
 from tests.peers import (
     Qemu,

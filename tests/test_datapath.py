@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chardev_bridge
-from chardev_bridge.datapath import Carry, Session, splice
+from chardev_bridge.bridge.datapath import Carry, Session, splice
 
 chunks = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
 
@@ -259,7 +259,7 @@ async def test_drain_delivers_bytes_a_receive_had_in_hand_both_ways() -> None:
 # what the process did before (pytest's own imports may have done it).
 _MMAPPED_BY_SMALL_READS = """
 import ctypes, socket, sys
-from chardev_bridge.datapath import CHUNK, keep_read_buffers_off_mmap
+from chardev_bridge.bridge.datapath import CHUNK, keep_read_buffers_off_mmap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

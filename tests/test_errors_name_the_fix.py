@@ -19,9 +19,9 @@ import pytest
 import trio
 from cryptography import x509
 
-from chardev_bridge import pki as pkimod
 from chardev_bridge.cli import build_parser
-from chardev_bridge.creds_cli import _parser as creds_parser
+from chardev_bridge.qemu import pki as pkimod
+from chardev_bridge.qemu.creds_cli import _parser as creds_parser
 from tests.conftest import PKI, make_pki
 from tests.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
 from tests.sessionkit import (

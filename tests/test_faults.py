@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge import pki
+from chardev_bridge.qemu import pki
 from tests.bridges import read_until
 from tests.peers import Qemu, require_qemu, tls_creds_args
 from tests.sessionkit import (

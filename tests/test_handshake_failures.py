@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.bridge import BridgeReady, run_bridge
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from tests.bridges import open_pty_client, running_bridge
 from tests.conftest import PKI, write_creds_dir
 from tests.procs import capture_bridge_logs, exchange, log_lines, sha256, wait_for_log

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 import trio
 
-from chardev_bridge.bridge import run_bridge
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import run_bridge
 from chardev_bridge.cli import build_parser, config_from_args
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.holding import (
+from chardev_bridge.local import LocalSpec
+from chardev_bridge.local.holding import (
     DEFAULT_PTY_HOLD_MAX,
     HeldBytes,
     check_hold_max,
     dropped_line,
     hold_limit,
 )
-from chardev_bridge.local import LocalSpec
 from tests.bridges import read_until, running_bridge
 from tests.sessionkit import ENV, HOST, free_port, log_lines, open_pty_app, wait_log
 
@@ -178,14 +178,15 @@ async def test_explicit_block_without_hold_max_still_delivers_every_held_byte(
         ),
         (
             ["--hold-max", "1", "--when-disconnected", "drop"],
-            1,
-            "--hold-max applies to held bytes; --when-disconnected drop holds none",
+            2,
+            "--hold-max applies to held bytes; --when-disconnected drop holds none"
+            " (see chardev-bridge --help)",
         ),
         (
             ["--hold-max", "1", "--local", "unix:/nonexistent.sock"],
-            1,
+            2,
             "--hold-max applies to a pty, tty or stdio local end; a unix local end is opened"
-            " per session and holds nothing between sessions",
+            " per session and holds nothing between sessions (see chardev-bridge --help)",
         ),
     ],
 )

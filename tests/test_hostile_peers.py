@@ -26,10 +26,10 @@ import pytest
 import trio
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge import pki
-from chardev_bridge.bridge import run_bridge
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import run_bridge
 from chardev_bridge.local import LocalSpec
+from chardev_bridge.qemu import pki
 from tests.bridges import read_exactly, running_bridge
 from tests.certcraft import craft, write_dir
 from tests.peers import require_tool

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
 from tests.bridges import open_pty_client, read_exactly, running_bridge
 from tests.conftest import PKI
 from tests.peers import require_tool

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.bridge import BridgeReady
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import BridgeReady
 from tests.bridges import open_pty_client, running_bridge
 from tests.conftest import PKI
 from tests.peers import require_tool

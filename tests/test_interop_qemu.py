@@ -23,12 +23,12 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from chardev_bridge import pki as pkimod
-from chardev_bridge.bridge import run_bridge
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.creds_cli import main as creds_main
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import run_bridge
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.tlsstream import TLSStream
+from chardev_bridge.qemu import pki as pkimod
+from chardev_bridge.qemu.creds_cli import main as creds_main
+from chardev_bridge.tls.stream import TLSStream
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
 from tests.peers import Qemu, qemu_load, tls_creds_args, tls_monitor_args

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.bridge import BridgeReady, run_bridge
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import UnixListenEnd

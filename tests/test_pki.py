@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge import creds_cli, pki
-from chardev_bridge.authz import qemu_dn
-from chardev_bridge.credcheck import Endpoint, check_creds, has_errors
+from chardev_bridge.qemu import creds_cli, pki
+from chardev_bridge.qemu.authz import qemu_dn
+from chardev_bridge.qemu.credcheck import check_creds, has_errors
+from chardev_bridge.tls.setup import Endpoint
 from tests.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
 
 LAYOUT = {

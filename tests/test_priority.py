@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from chardev_bridge import pki
-from chardev_bridge.priority import (
+from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.priority import (
     APP_KEYWORD,
     DEFAULT_PRIORITY,
     OPENSSL_TLS13_DEFAULT,

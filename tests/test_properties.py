@@ -14,9 +14,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from chardev_bridge.authz import AuthzFileError, AuthzList, AuthzRule, load_authz_file, parse_authz
 from chardev_bridge.local import LOCAL_KINDS, LocalSpec, LocalSpecError, parse_local_spec
-from chardev_bridge.priority import PriorityError, TlsPriority, apply_priority, parse_priority
+from chardev_bridge.qemu.authz import (
+    AuthzFileError,
+    AuthzList,
+    AuthzRule,
+    load_authz_file,
+    parse_authz,
+)
+from chardev_bridge.qemu.priority import PriorityError, TlsPriority, apply_priority, parse_priority
 
 SETTINGS = settings(max_examples=300, deadline=None)
 

@@ -18,14 +18,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge import psk
+from chardev_bridge.bridge.remote import RemoteSession, start_session
 from chardev_bridge.cli import build_parser, config_from_args
-from chardev_bridge.priority import parse_priority
-from chardev_bridge.psk import describe_psk_failure
-from chardev_bridge.remote import RemoteSession, TLSSetup, start_session
-from chardev_bridge.tlserrors import describe_tls_error
-from chardev_bridge.tlspolicy import CredentialError, TLSPolicy, load_x509_creds, make_ssl_context
-from chardev_bridge.tlsstream import TLSHandshakeError
+from chardev_bridge.qemu import psk
+from chardev_bridge.qemu.policy import CredentialError, TLSPolicy, load_x509_creds, make_ssl_context
+from chardev_bridge.qemu.priority import parse_priority
+from chardev_bridge.qemu.psk import describe_psk_failure
+from chardev_bridge.tls.errors import describe_tls_error
+from chardev_bridge.tls.setup import Endpoint, TLSSetup
+from chardev_bridge.tls.stream import TLSHandshakeError
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
 from tests.peers import qemu_errors, qemu_load, require_tool
@@ -37,7 +38,7 @@ OTHER_KEY = bytes(range(32))
 ENV = {k: v for k, v in os.environ.items() if k != "GNUTLS_SYSTEM_PRIORITY_FILE"}
 # What QEMU adds to its priority for PSK credentials; gnutls-cli offers no PSK without it.
 GNUTLS_PSK_PRIORITY = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
-# TLS 1.3 external PSK as a client needs Python 3.13's ssl (see chardev_bridge.psk).
+# TLS 1.3 external PSK as a client needs Python 3.13's ssl (see chardev_bridge.qemu.psk).
 CLIENT_VERSION = "TLSv1.3" if psk.NATIVE_PSK else "TLSv1.2"
 TIMEOUT = 10
 KEY_HINT = "probably not the same PSK key on both sides (compare keys.psk)"
@@ -163,7 +164,7 @@ def test_bad_keys_file_names_the_line(tmp_path: Path, text: str, words: str) -> 
 
 @pytest.mark.parametrize("endpoint", ["server", "client"])
 def test_missing_keys_file_is_reported_as_qemu_does(
-    tmp_path: Path, endpoint: psk.Endpoint, psk_route: str
+    tmp_path: Path, endpoint: Endpoint, psk_route: str
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -209,7 +210,7 @@ def no_psk_route(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_psk_route")
 @pytest.mark.parametrize("endpoint", ["server", "client"])
-def test_without_psk_support_says_what_to_install(keys_dir: Path, endpoint: psk.Endpoint) -> None:
+def test_without_psk_support_says_what_to_install(keys_dir: Path, endpoint: Endpoint) -> None:
     with pytest.raises(psk.PskUnavailable) as info:
         psk.build_psk_setup(keys_dir, endpoint=endpoint)
     message = str(info.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chardev_bridge.bridge import REPLAY_WINDOW_FLOOR, replay_window
+from chardev_bridge.bridge.session import REPLAY_WINDOW_FLOOR, replay_window
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge import bridge as bridge_module
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge import local_wait
+from chardev_bridge.bridge import session as session_module
+from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.sockets import UnixListenEnd
 from tests.bridges import open_pty_client, read_exactly, running_bridge
@@ -145,7 +146,7 @@ async def test_failures_that_end_working_sessions_are_each_logged(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="chardev_bridge")
-    monkeypatch.setattr(bridge_module, "_STABLE_SESSION_SECONDS", 0.3)
+    monkeypatch.setattr(session_module, "STABLE_SESSION_SECONDS", 0.3)
     listener = (await trio.open_tcp_listeners(0, host=HOST))[0]
     cfg = BridgeConfig(
         host=HOST, port=listener.socket.getsockname()[1], local=LocalSpec("pty"), reconnect=0.01
@@ -168,7 +169,7 @@ async def test_local_end_that_never_comes_is_reported_in_words(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="chardev_bridge")
-    monkeypatch.setattr(bridge_module, "_LOCAL_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(local_wait, "LOCAL_WAIT_SECONDS", 0.3)
     path = tmp_path / "absent.sock"
     cfg = BridgeConfig(listen=True, host=HOST, port=0, local=LocalSpec("unix", path=str(path)))
     with trio.fail_after(10):
@@ -234,7 +235,7 @@ async def test_a_one_shot_client_whose_local_end_never_comes_frees_the_line_in_t
     tls: bool,
 ) -> None:
     caplog.set_level(logging.INFO, logger="chardev_bridge")
-    monkeypatch.setattr(bridge_module, "_LOCAL_WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(local_wait, "LOCAL_WAIT_SECONDS", 1.0)
     cfg = BridgeConfig(
         listen=True, host=HOST, port=0, local=LocalSpec("unix-listen", path=str(tmp_path / "l")),
         tls_creds=pki.server_dir if tls else None,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chardev_bridge.session_end import (
+from chardev_bridge.bridge.verdict import (
     EndFacts,
     Failure,
     FailureKind,

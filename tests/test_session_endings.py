@@ -20,12 +20,12 @@ import trio
 import trio.testing
 import trustme
 
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.datapath import Session
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.datapath import Session
+from chardev_bridge.bridge.verdict import FailureKind
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
-from chardev_bridge.session_end import FailureKind
-from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
+from chardev_bridge.tls.stream import TLSHandshakeError, TLSStream
 from tests.bridges import read_exactly, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 import trio
 
-from chardev_bridge import bridge as bridge_module
-from chardev_bridge import datapath
-from chardev_bridge.backoff import Backoff, RepeatFilter
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge import datapath
+from chardev_bridge.bridge import run as bridge_module
+from chardev_bridge.bridge import session as session_module
+from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.common.backoff import Backoff, RepeatFilter
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.tlserrors import REFUSED
+from chardev_bridge.tls.errors import REFUSED
 from tests.bridges import read_exactly, read_until, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (
@@ -167,7 +168,7 @@ async def test_a_peer_down_for_long_costs_a_logarithmic_number_of_log_lines(
 async def test_backoff_resets_after_a_session_that_lasted_but_not_after_a_short_one(
     pki: PKI, info_logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bridge_module, "_STABLE_SESSION_SECONDS", 0.5)
+    monkeypatch.setattr(session_module, "STABLE_SESSION_SECONDS", 0.5)
     server = TlsServer(server_context(pki.server_dir))
     closed_at: list[float] = []
 

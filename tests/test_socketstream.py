@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from chardev_bridge.socketstream import YIELD_EVERY, DirectSocketStream
+from chardev_bridge.net.socketstream import YIELD_EVERY, DirectSocketStream
 
 
 def socket_pair() -> tuple[DirectSocketStream, DirectSocketStream]:

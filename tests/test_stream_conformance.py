@@ -29,9 +29,9 @@ import trio.testing
 from trio.testing import assert_checkpoints
 
 from chardev_bridge.local.pty import PtyEnd
+from chardev_bridge.local.scrollback import ScrollbackEnd
 from chardev_bridge.local.stdio import StdioEnd
 from chardev_bridge.local.termios_raw import make_raw
-from chardev_bridge.scrollback import ScrollbackEnd
 
 MiB = 1 << 20
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.tlsstream import TLSStream
+from chardev_bridge.tls.stream import TLSStream
 from tests.bridges import open_pty_client, read_until, running_bridge
 from tests.conftest import PKI
 from tests.peers import require_tool

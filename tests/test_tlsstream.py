@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from chardev_bridge.tlsengine import TLSEngine
-from chardev_bridge.tlspolicy import TLSPolicy, load_x509_creds, make_ssl_context
-from chardev_bridge.tlsstream import TLSHandshakeError, TLSStream
+from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
+from chardev_bridge.tls.engine import TLSEngine
+from chardev_bridge.tls.stream import TLSHandshakeError, TLSStream
 from tests.conftest import PKI
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import trio
 
+from chardev_bridge.bridge.config import BridgeConfig, TrafficLogConfig
 from chardev_bridge.cli import build_parser, config_from_args
-from chardev_bridge.config import BridgeConfig, TrafficLogConfig
-from chardev_bridge.consolelog import ConsoleLog, hex_lines
 from chardev_bridge.local import LocalSpec
+from chardev_bridge.share.consolelog import ConsoleLog, hex_lines
 from tests.bridges import read_exactly, running_bridge
 from tests.conftest import PKI
 from tests.sessionkit import (

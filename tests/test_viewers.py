@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from chardev_bridge.config import BridgeConfig
+from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.viewers import ViewersConfig
+from chardev_bridge.share.viewers import ViewersConfig
 from tests.bridges import read_exactly, running_bridge
 from tests.procs import sha256
 from tests.sessionkit import (

@@ -16,19 +16,24 @@ from typing import NoReturn
 import trio
 
 from chardev_bridge import __version__
-from chardev_bridge.bridge import BridgeReady, run_bridge
-from chardev_bridge.config import (
+from chardev_bridge.bridge.config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_RECONNECT_MAX,
     DEFAULT_SCROLLBACK,
     BridgeConfig,
+    InvalidConfig,
     TrafficLogConfig,
 )
-from chardev_bridge.holding import DEFAULT_PTY_HOLD_MAX
+from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
+from chardev_bridge.bridge.run import BridgeReady, run_bridge
+from chardev_bridge.common.logcontext import configure_logging
+from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.local import LocalSpec, parse_local_spec
-from chardev_bridge.sharecli import (
+from chardev_bridge.local.holding import DEFAULT_PTY_HOLD_MAX
+from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.share.options import (
     add_rotation_arguments,
     add_viewer_arguments,
     byte_size,
@@ -36,8 +41,6 @@ from chardev_bridge.sharecli import (
     logfile_backups,
     viewers_from_args,
 )
-from chardev_bridge.starterror import StartError, describe_listen_error
-from chardev_bridge.tlspolicy import CredentialError
 
 log = logging.getLogger("chardev_bridge")
 
@@ -420,34 +423,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chardev-bridge``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["creds"]:
-        from chardev_bridge.creds_cli import main as creds_main
+        from chardev_bridge.qemu.creds_cli import main as creds_main
 
         return creds_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.link is not None and args.local.kind != "pty":
-        parser.error("--link only applies to --local pty")
-    if args.reconnect is not None and args.server:
-        parser.error("--reconnect applies to a connecting bridge, not --server")
-    if args.max_sessions < 1:
-        parser.error("--max-sessions must be at least 1")
-    if args.max_sessions > 1 and args.local.kind in ("pty", "tty", "stdio"):
-        parser.error(f"--max-sessions: a {args.local.kind} carries one session at a time")
-    if args.max_sessions > 1 and not args.server and not args.local.kind.endswith("-listen"):
-        parser.error(
-            "--max-sessions with a connecting bridge needs a tcp-listen/unix-listen --local"
-        )
-    if args.max_sessions > 1 and args.second_client == "replace":
-        parser.error("--second-client replace needs --max-sessions 1")
     if args.logappend and args.logfile is None:
         parser.error("--logappend needs --logfile")
     check_sharing_args(parser, args)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s chardev-bridge: %(message)s", stream=sys.stderr
-    )
     try:
-        return trio.run(_run, config_from_args(args))
+        cfg = config_from_args(args)
+    except InvalidConfig as exc:
+        parser.error(str(exc))
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
+    keep_read_buffers_off_mmap()
+    try:
+        return trio.run(_run, cfg)
     except (CredentialError, OSError, ValueError, BaseExceptionGroup) as exc:
         # Start-up failures (bad credentials, priority or allow-list, port in use, no such
         # tty) get one line each, no traceback.

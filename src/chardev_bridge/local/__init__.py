@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from chardev_bridge.hostport import format_hostport
+from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import (

@@ -19,6 +19,9 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
     """
 
     persistent: bool = False
+    #: Whether the end can reach its EOF by itself at any moment (piped stdin, a socket
+    #: client), not only when someone closes a device.
+    ends_by_itself: bool = True
     #: Set by a persistent end once its stream has ended for good (stdin EOF): nothing more
     #: will ever come from it, so the bridge stops after the current session.
     exhausted: bool = False
@@ -26,6 +29,11 @@ class LocalEnd(trio.abc.AsyncResource, ABC):
     #: from a stuck one.
     bytes_written: int = 0
     _writing: bool = False
+
+    @property
+    def pty_path(self) -> str | None:
+        """The path of the pty the bridge made (None: not a pty end)."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:

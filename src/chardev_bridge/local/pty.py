@@ -9,11 +9,11 @@ from pathlib import Path
 
 import trio
 
-from chardev_bridge.backoff import RepeatFilter
-from chardev_bridge.fdqueue import unread_bytes
+from chardev_bridge.common.backoff import RepeatFilter
+from chardev_bridge.common.starterror import StartError
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
-from chardev_bridge.starterror import StartError
+from chardev_bridge.net._fdqueue import unread_bytes
 
 log = logging.getLogger("chardev_bridge")
 
@@ -36,6 +36,7 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
     """
 
     persistent = True
+    ends_by_itself = False
 
     def __init__(self, link: Path | None = None) -> None:
         self.link = link
@@ -61,6 +62,11 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
         """The pty itself: the same stream for every session."""
         await trio.lowlevel.checkpoint()
         return self
+
+    @property
+    def pty_path(self) -> str | None:
+        """The pty's ``/dev/pts/N``."""
+        return self.path
 
     def describe(self) -> str:
         """``pty /dev/pts/N`` (and its link)."""

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import trio
 
-from chardev_bridge.hostport import format_hostport
+from chardev_bridge.common.hostport import format_hostport
+from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.local.base import LocalEnd
-from chardev_bridge.socketstream import DirectSocketStream
-from chardev_bridge.starterror import StartError, describe_listen_error
+from chardev_bridge.net.socketstream import DirectSocketStream
 
 log = logging.getLogger("chardev_bridge")
 

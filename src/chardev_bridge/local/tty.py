@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import trio
 
-from chardev_bridge.backoff import Backoff, RepeatFilter
+from chardev_bridge.common.backoff import Backoff, RepeatFilter
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.termios_raw import make_raw
 
@@ -138,6 +138,7 @@ class TtyEnd(LocalEnd, trio.abc.Stream):
     the same device (see the module's docstring)."""
 
     persistent = True
+    ends_by_itself = False
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -12,29 +12,25 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from chardev_bridge._resumption import disable_resumption
-from chardev_bridge.authz import AuthzList, qemu_dn
-from chardev_bridge.credcheck import describe_unreadable
-from chardev_bridge.priority import DEFAULT_PRIORITY, TlsPriority, apply_priority, check_negotiated
+from chardev_bridge.qemu.authz import AuthzList, qemu_dn
+from chardev_bridge.qemu.credcheck import crl_signed_by, describe_unreadable
+from chardev_bridge.qemu.priority import (
+    DEFAULT_PRIORITY,
+    TlsPriority,
+    apply_priority,
+    check_negotiated,
+)
+from chardev_bridge.tls.resumption import disable_resumption
+from chardev_bridge.tls.setup import Endpoint, PeerCert, PeerRejected
 
 log = logging.getLogger("chardev_bridge")
-
-Endpoint = Literal["server", "client"]
-
-CRL_SIGNING_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
 
 
 class CredentialError(Exception):
     """A credential directory or file cannot be used; the message names the file."""
-
-
-class PeerRejected(Exception):
-    """The peer completed a handshake but our policy refuses it."""
 
 
 @dataclass(frozen=True)
@@ -199,14 +195,6 @@ def _reason(exc: ssl.SSLError) -> str:
     return exc.reason or str(exc)
 
 
-@dataclass(frozen=True)
-class PeerCert:
-    """The facts about a peer certificate that logs and allow-lists use."""
-
-    dn: str
-    serial: int
-
-
 def describe_peer_cert(der: bytes | None) -> PeerCert | None:
     """Parse a DER certificate into its QEMU-format DN and serial (None when absent)."""
     if not der:
@@ -228,15 +216,10 @@ def load_crl(creds: X509Creds) -> x509.CertificateRevocationList | None:
     except ValueError as exc:
         raise CredentialError(f"cannot load CRL {creds.ca_crl}: {exc}") from None
     cas = x509.load_pem_x509_certificates(creds.ca_cert.read_bytes())
-    if not any(ca.subject == crl.issuer and _signed_by(crl, ca) for ca in cas):
+    if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
         # QEMU loads such a CRL and it revokes nothing; `creds check` warns about it.
         return None
     return crl
-
-
-def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    key = ca.public_key()
-    return isinstance(key, CRL_SIGNING_KEYS) and crl.is_signature_valid(key)
 
 
 def check_peer(

@@ -2,7 +2,7 @@
 
 It never touches a socket: feed it the ciphertext that arrived, take the plaintext it yields
 and the ciphertext it wants sent. That keeps the TLS state machine testable without I/O and
-lets the trio wrapper (:mod:`chardev_bridge.tlsstream`) do what ``trio.SSLStream`` cannot:
+lets the trio wrapper (:mod:`chardev_bridge.tls.stream`) do what ``trio.SSLStream`` cannot:
 drain every decrypted record per read, half-close (close_notify, then keep reading), and flush
 the alert of a failed handshake before the connection is dropped.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 
-from chardev_bridge.hostport import format_hostport
+from chardev_bridge.common.hostport import format_hostport
 
 
 class StartError(OSError):

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chardev_bridge.session_end import Failure, Side, first_or_telling
-from chardev_bridge.tlserrors import failure_from
+from chardev_bridge.bridge.verdict import Failure, Side, failure_from, first_or_telling
 
 log = logging.getLogger("chardev_bridge")
 
@@ -60,8 +59,7 @@ def keep_read_buffers_off_mmap() -> None:
     buffer is an mmap, page faults and an munmap: in a bare trio TLS relay on the bench
     machine that added 45 µs of system CPU and 55 µs of latency to every 1-byte echo round
     trip. Freeing one block larger than any buffer raises glibc's dynamic threshold for the
-    life of the process. The bridge's start-up happened to do so already, but nothing made
-    sure of it. Other allocators just allocate and free the block once.
+    life of the process. Other allocators just allocate and free the block once.
     """
     bytes(4 * CHUNK)
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 import errno
 import ssl
 
-from chardev_bridge.session_end import (
-    PEER_CLOSED_WORDS,
-    PEER_RESET_WORDS,
-    Failure,
-    FailureKind,
-    Side,
-)
+#: How a reset and a close read in every log line.
+PEER_RESET_WORDS = "the peer reset the connection"
+PEER_CLOSED_WORDS = "the peer closed the connection"
 
 # Nothing listens yet (QEMU not started, wrong port).
 REFUSED = "connection refused: nothing listens there yet"
@@ -120,22 +116,9 @@ def is_peer_alert(exc: BaseException) -> bool:
     return isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "")
 
 
-def _is_closed(cause: BaseException) -> bool:
+def is_closed(cause: BaseException) -> bool:
+    """Whether ``cause`` says the peer had closed the connection under our send."""
     return isinstance(cause, OSError) and cause.errno in (errno.EPIPE, errno.ECONNABORTED)
-
-
-def failure_from(exc: BaseException, side: Side) -> Failure:
-    """The typed :class:`Failure` of ``side`` for ``exc``, with its words."""
-    cause = root_cause(exc)
-    if isinstance(cause, ConnectionResetError):
-        kind = FailureKind.RESET
-    elif _is_closed(cause):
-        kind = FailureKind.CLOSED
-    elif is_peer_alert(cause):
-        kind = FailureKind.PEER_ALERT
-    else:
-        kind = FailureKind.ERROR
-    return Failure(kind, side, describe_tls_error(exc))
 
 
 def describe_tls_error(exc: BaseException) -> str:
@@ -168,7 +151,7 @@ def describe_tls_error(exc: BaseException) -> str:
         return str(cause)
     if isinstance(cause, ConnectionResetError):
         return PEER_RESET_WORDS
-    if _is_closed(cause):
+    if is_closed(cause):
         return PEER_CLOSED_WORDS
     if isinstance(cause, ConnectionRefusedError):
         return REFUSED

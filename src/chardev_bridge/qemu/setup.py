@@ -1,70 +1,109 @@
-"""Credentials, priority and allow-list options → the TLS set-up remote connections use."""
+"""QEMU-style credentials, priority and allow-list settings → the TLS set-up remote links use."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from chardev_bridge.authz import AuthzList, load_authz_file
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.credcheck import check_creds, has_errors, is_init_root, role_mismatch
-from chardev_bridge.priority import DEFAULT_PRIORITY, resolve_priority
-from chardev_bridge.remote import TLSSetup
-from chardev_bridge.tlspolicy import (
+from chardev_bridge.qemu.authz import AuthzList, load_authz_file
+from chardev_bridge.qemu.credcheck import check_creds, has_errors, is_init_root, role_mismatch
+from chardev_bridge.qemu.policy import (
     CredentialError,
     TLSPolicy,
+    check_peer,
     load_crl,
     load_x509_creds,
     make_ssl_context,
     server_hostname_for,
 )
+from chardev_bridge.qemu.priority import DEFAULT_PRIORITY, resolve_priority
+from chardev_bridge.tls.errors import describe_quick_rejection
+from chardev_bridge.tls.setup import Endpoint, PeerCert, TLSSetup
+from chardev_bridge.tls.stream import TLSSessionInfo
 
 log = logging.getLogger("chardev_bridge")
 
 
-def build_tls_setup(cfg: BridgeConfig) -> TLSSetup | None:
+@dataclass(frozen=True)
+class TLSSettings:
+    """A bridge's TLS settings, as QEMU's ``tls-creds-x509``/``tls-creds-psk`` objects and
+    the chardev's ``tls-authz`` take them."""
+
+    endpoint: Endpoint
+    # Which setting made the TLS role what it is, for error messages.
+    role_source: str
+    creds: Path | None = None
+    creds_psk: Path | None = None
+    username: str | None = None
+    verify_peer: bool = True
+    hostname: str | None = None
+    # The host a TLS client connects to: the name the server must carry unless `hostname`.
+    connect_host: str = "localhost"
+    key_password_file: Path | None = None
+    priority: str | None = None
+    authz: tuple[str, ...] = ()
+    authz_file: Path | None = None
+    split_last_byte: bool = True
+
+
+def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
     """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials.
 
     Raises ``CredentialError`` (every error QEMU would report, one per line) or
     ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
     """
-    if cfg.tls_creds_psk is not None:
+    if cfg.creds_psk is not None:
         return _build_psk_setup(cfg)
-    if cfg.tls_creds is None:
+    if cfg.creds is None:
         return None
-    check_layout(cfg.tls_creds, cfg)
+    check_layout(cfg.creds, cfg)
     password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
-    findings = check_creds(cfg.tls_creds, cfg.endpoint, password=password)
+    findings = check_creds(cfg.creds, cfg.endpoint, password=password)
     for finding in findings:
         if finding.level == "warning":
             log.warning("%s", finding.message)
     if has_errors(findings):
         raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
-    chosen = resolve_priority(cfg.tls_priority)
+    chosen = resolve_priority(cfg.priority)
     # The default at every start is noise; a priority someone chose is worth a line.
     level = logging.DEBUG if chosen.priority is DEFAULT_PRIORITY else logging.INFO
     log.log(level, "TLS priority %s, from %s", chosen.priority.text, chosen.source)
     authz = _build_authz(cfg)
     policy = TLSPolicy(
-        creds=load_x509_creds(cfg.tls_creds, cfg.endpoint),
+        creds=load_x509_creds(cfg.creds, cfg.endpoint),
         verify_peer=cfg.verify_peer,
-        hostname=cfg.tls_hostname,
+        hostname=cfg.hostname,
         key_password=password,
         authz=authz,
         priority=chosen.priority,
     )
+    crl = load_crl(policy.creds) if policy.endpoint == "server" else None
+
+    def judge(info: TLSSessionInfo) -> PeerCert | None:
+        return check_peer(
+            policy, crl, cert_der=info.peer_cert_der, version=info.version, cipher=info.cipher
+        )
+
     return TLSSetup(
         context=make_ssl_context(policy),
         server_side=policy.endpoint == "server",
-        server_hostname=server_hostname_for(policy, cfg.host),
-        policy=policy,
-        crl=load_crl(policy.creds) if policy.endpoint == "server" else None,
-        split_last_byte=cfg.qemu_stall_workaround,
+        server_hostname=server_hostname_for(policy, cfg.connect_host),
+        check_peer=judge,
+        silent_rejection=_silent_rejection(policy) if policy.endpoint == "client" else None,
+        split_last_byte=cfg.split_last_byte,
     )
 
 
-def check_layout(directory: Path, cfg: BridgeConfig) -> None:
+def _silent_rejection(policy: TLSPolicy) -> str:
+    """What a server that closed right after the handshake probably rejected: our client
+    certificate, or the lack of one (the credentials decide which we sent)."""
+    creds = policy.creds
+    cert = str(creds.cert) if creds.cert is not None and creds.key is not None else None
+    return describe_quick_rejection(cert, str(creds.directory))
+
+
+def check_layout(directory: Path, cfg: TLSSettings) -> None:
     """Refuse, in one line naming the fix, a ``--tls-creds`` directory that is the wrong
     one for the bridge's TLS role: a ``creds init`` root, or the other role's credentials.
 
@@ -72,7 +111,7 @@ def check_layout(directory: Path, cfg: BridgeConfig) -> None:
     no certificate and only learn from the server's silent close that it was refused.
     """
     endpoint = cfg.endpoint
-    role = f"the TLS {endpoint} ({_role_source(cfg)})"
+    role = f"the TLS {endpoint} ({cfg.role_source})"
     if not directory.is_dir():
         # One line for the directory, not one per file QEMU would have looked for.
         raise CredentialError(f"--tls-creds {directory}: no such directory")
@@ -99,13 +138,6 @@ def check_layout(directory: Path, cfg: BridgeConfig) -> None:
     )
 
 
-def _role_source(cfg: BridgeConfig) -> str:
-    """Which option made the TLS role what it is, for error messages."""
-    if cfg.tls_endpoint is not None:
-        return f"--tls-endpoint {cfg.tls_endpoint}"
-    return "it listens: --server" if cfg.listen else "it connects: no --server"
-
-
 def _read_password(path: Path) -> bytes:
     try:
         return path.read_bytes().rstrip(b"\r\n")
@@ -113,30 +145,26 @@ def _read_password(path: Path) -> bytes:
         raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
 
 
-def _build_authz(cfg: BridgeConfig) -> AuthzList | None:
-    if cfg.tls_authz_file is not None:
-        if cfg.tls_authz:
-            raise CredentialError("give --tls-authz or --tls-authz-file, not both")
-        return load_authz_file(cfg.tls_authz_file)
-    if cfg.tls_authz:
-        return AuthzList.from_patterns(cfg.tls_authz)
+def _build_authz(cfg: TLSSettings) -> AuthzList | None:
+    if cfg.authz_file is not None:
+        return load_authz_file(cfg.authz_file)
+    if cfg.authz:
+        return AuthzList.from_patterns(cfg.authz)
     return None
 
 
-def _build_psk_setup(cfg: BridgeConfig) -> TLSSetup:
-    assert cfg.tls_creds_psk is not None
-    if cfg.tls_creds is not None:
-        raise CredentialError("give --tls-creds or --tls-creds-psk, not both")
+def _build_psk_setup(cfg: TLSSettings) -> TLSSetup:
+    assert cfg.creds_psk is not None
     # Imported here: only PSK users pay for it (importlib.metadata, sslpsk3) at start-up.
-    from chardev_bridge.psk import build_psk_setup, check_psk_available
+    from chardev_bridge.qemu.psk import build_psk_setup, check_psk_available
 
     route = check_psk_available()
-    chosen = resolve_priority(cfg.tls_priority)
+    chosen = resolve_priority(cfg.priority)
     log.info("TLS-PSK via %s; TLS priority %s, from %s", route, chosen.priority.text, chosen.source)
     setup = build_psk_setup(
-        cfg.tls_creds_psk,
+        cfg.creds_psk,
         endpoint=cfg.endpoint,
-        username=cfg.tls_username,
+        username=cfg.username,
         priority=chosen.priority,
     )
-    return replace(setup, split_last_byte=cfg.qemu_stall_workaround)
+    return replace(setup, split_last_byte=cfg.split_last_byte)

@@ -15,10 +15,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from chardev_bridge.config import BridgeConfig
-from chardev_bridge.consolelog import ConsoleLog, reopen_all
-from chardev_bridge.sharestats import ShareCounters
-from chardev_bridge.viewers import ViewerHub
+from chardev_bridge.share.consolelog import ConsoleLog, TrafficLogConfig, reopen_all
+from chardev_bridge.share.stats import ShareCounters
+from chardev_bridge.share.viewers import ViewerHub, ViewersConfig
 
 log = logging.getLogger("chardev_bridge")
 
@@ -62,10 +61,14 @@ async def _reopen_logs_on_sigusr1() -> None:
 
 
 @asynccontextmanager
-async def open_sharing(cfg: BridgeConfig, counters: ShareCounters) -> AsyncIterator[Taps | None]:
-    """Open the console log and the viewer socket of ``cfg`` (either may be absent)."""
-    console_log = ConsoleLog(cfg.traffic_log, counters) if cfg.traffic_log else None
-    viewers = ViewerHub(cfg.viewers, counters) if cfg.viewers else None
+async def open_sharing(
+    traffic_log: TrafficLogConfig | None,
+    viewers_cfg: ViewersConfig | None,
+    counters: ShareCounters,
+) -> AsyncIterator[Taps | None]:
+    """Open the console log and the viewer socket (either may be absent)."""
+    console_log = ConsoleLog(traffic_log, counters) if traffic_log else None
+    viewers = ViewerHub(viewers_cfg, counters) if viewers_cfg else None
     try:
         if viewers is not None:
             await viewers.start()

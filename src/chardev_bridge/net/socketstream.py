@@ -21,7 +21,7 @@ import socket
 
 import trio
 
-from chardev_bridge.streamguard import OneAtATime
+from chardev_bridge.net._streamguard import OneAtATime
 
 # Bytes asked of the kernel per receive when the caller gives no size (trio's default).
 DEFAULT_RECEIVE_SIZE = 65536

@@ -1,4 +1,4 @@
-"""A thin trio stream around :class:`~chardev_bridge.tlsengine.TLSEngine`."""
+"""A thin trio stream around :class:`~chardev_bridge.tls.engine.TLSEngine`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import trio
 
-from chardev_bridge.streamguard import OneAtATime
-from chardev_bridge.tlsengine import TLSEngine
+from chardev_bridge.net._streamguard import OneAtATime
+from chardev_bridge.tls.engine import TLSEngine
 
 # Ciphertext read per transport receive: several 16 KiB records at once, so one wake-up
 # decrypts a whole burst instead of one record (trio.SSLStream's limitation).

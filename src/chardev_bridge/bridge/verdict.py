@@ -13,11 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-Side = Literal["local", "remote"]
+from chardev_bridge.tls.errors import (
+    PEER_CLOSED_WORDS,
+    describe_tls_error,
+    is_closed,
+    is_peer_alert,
+    root_cause,
+)
 
-#: How a reset and a close read in every log line.
-PEER_RESET_WORDS = "the peer reset the connection"
-PEER_CLOSED_WORDS = "the peer closed the connection"
+Side = Literal["local", "remote"]
 
 
 class FailureKind(enum.Enum):
@@ -52,6 +56,20 @@ class Failure:
     def lost_connection(self) -> bool:
         """A reset or close: the connection went, saying nothing about why."""
         return self.kind in (FailureKind.RESET, FailureKind.CLOSED)
+
+
+def failure_from(exc: BaseException, side: Side) -> Failure:
+    """The typed :class:`Failure` of ``side`` for ``exc``, with its words."""
+    cause = root_cause(exc)
+    if isinstance(cause, ConnectionResetError):
+        kind = FailureKind.RESET
+    elif is_closed(cause):
+        kind = FailureKind.CLOSED
+    elif is_peer_alert(cause):
+        kind = FailureKind.PEER_ALERT
+    else:
+        kind = FailureKind.ERROR
+    return Failure(kind, side, describe_tls_error(exc))
 
 
 def first_or_telling(current: Failure | None, new: Failure) -> Failure:

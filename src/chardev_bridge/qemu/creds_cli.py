@@ -9,8 +9,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import pki
-from .credcheck import Endpoint, check_creds, guess_endpoint, has_errors, role_mismatch
+from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.credcheck import check_creds, guess_endpoint, has_errors, role_mismatch
+from chardev_bridge.tls.setup import Endpoint
 
 EPILOG = """\
 examples:

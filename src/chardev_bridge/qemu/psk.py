@@ -17,7 +17,7 @@ Where PSK comes from (Python 3.11 ``ssl`` has no PSK API):
   call, and on a server that set-up calls ``SSL_set_accept_state()``, which restarts a
   handshake that is waiting for data. Our engine retries ``do_handshake()`` each time data
   arrives, so the context here creates plain ``ssl.SSLObject``\\ s and the set-up runs once,
-  through :attr:`TLSSetup.prepare <chardev_bridge.remote.TLSSetup.prepare>`.
+  through :attr:`TLSSetup.prepare <chardev_bridge.tls.setup.TLSSetup.prepare>`.
 
   As a TLS *client* on these versions only TLS 1.2 PSK works: CPython before 3.13 gives every
   context (client ones too) the session id context ``"Python"``, and OpenSSL then rejects its
@@ -42,17 +42,16 @@ import sys
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Protocol, cast
 
-from chardev_bridge._resumption import disable_resumption
-from chardev_bridge.priority import TLS12_SUITES, TlsPriority
-from chardev_bridge.remote import TLSSetup
-from chardev_bridge.tlserrors import describe_tls_error, root_cause
-from chardev_bridge.tlspolicy import CredentialError
+from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.qemu.priority import TLS12_SUITES, TlsPriority
+from chardev_bridge.tls.errors import describe_tls_error, root_cause
+from chardev_bridge.tls.resumption import disable_resumption
+from chardev_bridge.tls.setup import Endpoint, TLSSetup
 
 log = logging.getLogger("chardev_bridge")
 
-Endpoint = Literal["server", "client"]
 
 KEYS_FILE = "keys.psk"
 DH_PARAMS_FILE = "dh-params.pem"
@@ -120,7 +119,7 @@ ServerCallback = Callable[[str | None], bytes]
 class PskUnavailable(CredentialError):
     """This Python cannot do TLS-PSK; the message says what to install.
 
-    A :class:`~chardev_bridge.tlspolicy.CredentialError`, so the CLI reports it as a start-up
+    A :class:`~chardev_bridge.qemu.policy.CredentialError`, so the CLI reports it as a start-up
     error in one line, like any unusable credential.
     """
 
@@ -402,8 +401,6 @@ def build_psk_setup(
         context=ctx,
         server_side=server,
         server_hostname=None,
-        policy=None,
-        crl=None,
         prepare=prepare,
     )
 
@@ -476,7 +473,7 @@ _HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
 
 
 def describe_psk_failure(exc: BaseException) -> str:
-    """:func:`~chardev_bridge.tlserrors.describe_tls_error` plus what it means with PSK.
+    """:func:`~chardev_bridge.tls.errors.describe_tls_error` plus what it means with PSK.
 
     A wrong key never says so on the wire: the peer fails to decrypt or closes. This names
     the likely cause, so that the log line of a PSK session says what to check.

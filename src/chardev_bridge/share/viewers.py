@@ -25,9 +25,9 @@ from typing import Literal
 
 import trio
 
-from chardev_bridge.hostport import format_hostport
-from chardev_bridge.sharestats import ShareCounters
-from chardev_bridge.starterror import StartError, describe_listen_error
+from chardev_bridge.common.hostport import format_hostport
+from chardev_bridge.common.starterror import StartError, describe_listen_error
+from chardev_bridge.share.stats import ShareCounters
 
 log = logging.getLogger("chardev_bridge")
 

@@ -30,12 +30,13 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .authz import qemu_dn
+from chardev_bridge.qemu.authz import qemu_dn
+from chardev_bridge.tls.setup import Endpoint
 
 Level = Literal["error", "warning", "info"]
-Endpoint = Literal["server", "client"]
 
 # QEMU's gnutls_x509_crt_list_import() into a 16-entry array (MAX_CERTS in tlscredsx509.c).
 MAX_CA_CERTS = 16
@@ -372,7 +373,7 @@ class _Checker:
         except ValueError as exc:
             self.add("error", f"Cannot load CRL '{path}': {_reason(exc)}")
             return
-        if not any(ca.subject == crl.issuer and _crl_signed_by(crl, ca) for ca in cas):
+        if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
             self.add(
                 "warning",
                 f"CRL {path} is not signed by a CA in {ca_path}: QEMU ignores it, "
@@ -506,10 +507,16 @@ def _reason(exc: Exception) -> str:
     return text
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    public_key = ca.public_key()
+_CRL_SIGNING_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``crl`` (QEMU loads a CRL signed by another CA; it revokes nothing)."""
+    key = ca.public_key()
+    if not isinstance(key, _CRL_SIGNING_KEYS):
+        return False
     try:
-        return crl.is_signature_valid(public_key)  # type: ignore[arg-type]
+        return crl.is_signature_valid(key)
     except (TypeError, ValueError, UnsupportedAlgorithm):
         return False
 

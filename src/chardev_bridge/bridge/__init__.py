@@ -1,0 +1,1 @@
+"""One bridge: its configuration, the data path, session verdicts and the orchestration."""

@@ -1,0 +1,1 @@
+"""What every layer uses: backoff, repeat-quieting, host:port wording, start-up errors."""

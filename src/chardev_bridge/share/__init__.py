@@ -1,0 +1,1 @@
+"""Consoles people share: read-only viewers and console logs, tapped from the data path."""

@@ -16,6 +16,14 @@ from typing import NoReturn
 import trio
 
 from chardev_bridge import __version__
+from chardev_bridge._share_options import (
+    add_rotation_arguments,
+    add_viewer_arguments,
+    byte_size,
+    logfile_backups,
+    sharing_problems,
+    viewers_from_args,
+)
 from chardev_bridge.bridge.config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HOST,
@@ -23,6 +31,7 @@ from chardev_bridge.bridge.config import (
     DEFAULT_RECONNECT_MAX,
     DEFAULT_SCROLLBACK,
     BridgeConfig,
+    ConfigError,
     InvalidConfig,
     TrafficLogConfig,
 )
@@ -33,14 +42,6 @@ from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from chardev_bridge.local.holding import DEFAULT_PTY_HOLD_MAX
 from chardev_bridge.qemu.policy import CredentialError
-from chardev_bridge.share.options import (
-    add_rotation_arguments,
-    add_viewer_arguments,
-    byte_size,
-    check_sharing_args,
-    logfile_backups,
-    viewers_from_args,
-)
 
 log = logging.getLogger("chardev_bridge")
 
@@ -122,9 +123,21 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; the option spellings are a documented contract."""
-    p = _OneLineErrors(
+class _RaisingParser(argparse.ArgumentParser):
+    """Raises what is wrong instead of exiting: a config file reports every error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise OptionError(message)
+
+
+class OptionError(ValueError):
+    """An option argparse refused (unknown, wrong type, missing value)."""
+
+
+def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; the option spellings are a documented contract. With
+    ``raise_errors`` it raises :class:`OptionError` instead of exiting."""
+    p = (_RaisingParser if raise_errors else _OneLineErrors)(
         prog="chardev-bridge",
         usage=_USAGE,
         description=(
@@ -137,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     net = p.add_argument_group("remote connection")
     net.add_argument(
         "--server", action="store_true", help="listen for the remote peer (TCP server)"
+    )
+    net.add_argument(
+        "--listen-fd",
+        metavar="NAME",
+        help="with --server: accept on the socket systemd passed with FileDescriptorName=NAME"
+        " (socket activation) instead of binding --host/--port",
     )
     net.add_argument(
         "--host",
@@ -336,9 +355,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BridgeConfig:
-    """Turn parsed arguments into the library's configuration."""
+def config_from_argv(argv: list[str], *, name: str | None = None) -> BridgeConfig:
+    """The configuration the command line ``argv`` describes, without exiting: raises
+    :class:`OptionError` or :class:`InvalidConfig` (every problem, one line each)."""
+    args = build_parser(raise_errors=True).parse_args(argv)
+    return config_from_args(args, name=name)
+
+
+def config_from_args(args: argparse.Namespace, *, name: str | None = None) -> BridgeConfig:
+    """Turn parsed arguments into the library's configuration; raises
+    :class:`InvalidConfig` naming every setting that cannot be used as given."""
+    errors = option_problems(args)
+    try:
+        cfg = _config(args, name)
+    except InvalidConfig as exc:
+        errors += exc.errors
+    if errors:
+        raise InvalidConfig(errors)
+    return cfg
+
+
+def option_problems(args: argparse.Namespace) -> list[ConfigError]:
+    """Options given without the option they modify (they would be silently ignored)."""
+    errors = sharing_problems(args)
+    if args.logappend and args.logfile is None:
+        errors.append(ConfigError("logappend", "--logappend needs --logfile"))
+    return errors
+
+
+def _config(args: argparse.Namespace, name: str | None) -> BridgeConfig:
     return BridgeConfig(
+        name=name,
+        listen_fd=args.listen_fd,
         listen=args.server,
         host=args.host,
         port=args.port,
@@ -428,9 +476,6 @@ def main(argv: list[str] | None = None) -> int:
         return creds_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.logappend and args.logfile is None:
-        parser.error("--logappend needs --logfile")
-    check_sharing_args(parser, args)
     try:
         cfg = config_from_args(args)
     except InvalidConfig as exc:

@@ -53,6 +53,9 @@ class BridgeConfig:
     port: int = DEFAULT_PORT
     local: LocalSpec = field(default_factory=lambda: LocalSpec("pty"))
     link: Path | None = None
+    # A listening bridge: accept on the socket systemd passed under this name instead of
+    # binding host/port (the caller hands the listeners to run_bridge).
+    listen_fd: str | None = None
     tls_creds: Path | None = None
     # QEMU tls-creds-psk directory (keys.psk) instead of x509; the client's identity.
     tls_creds_psk: Path | None = None
@@ -110,6 +113,8 @@ class BridgeConfig:
         kind = self.local.kind
         if self.link is not None and kind != "pty":
             problem("link", "--link only applies to --local pty")
+        if self.listen_fd is not None and not self.listen:
+            problem("listen-fd", "--listen-fd applies to a listening bridge (--server)")
         if self.reconnect is not None and self.listen:
             problem("reconnect", "--reconnect applies to a connecting bridge, not --server")
         if self.max_sessions < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from chardev_bridge.bridge.config import ConfigError
 from chardev_bridge.share.viewers import (
     DEFAULT_MAX_VIEWERS,
     DEFAULT_REPLAY,
@@ -102,19 +103,22 @@ def add_rotation_arguments(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def check_sharing_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Combinations argparse cannot refuse by itself (exits 2 with one line): an option
-    that would be silently ignored is an error, as on the rest of the command line."""
+def sharing_problems(args: argparse.Namespace) -> list[ConfigError]:
+    """Combinations argparse cannot refuse by itself: an option that would be silently
+    ignored is an error, as on the rest of the command line."""
+    errors: list[ConfigError] = []
     if args.max_viewers is not None and args.max_viewers < 1:
-        parser.error("--max-viewers must be at least 1")
+        errors.append(ConfigError("max-viewers", "--max-viewers must be at least 1"))
     if args.viewers is None:
         for option in ("max_viewers", "viewers_mode", "replay"):
             if getattr(args, option) is not None:
-                parser.error(f"--{option.replace('_', '-')} needs --viewers")
+                setting = option.replace("_", "-")
+                errors.append(ConfigError(setting, f"--{setting} needs --viewers"))
     if args.logfile_max is not None and args.logfile is None:
-        parser.error("--logfile-max needs --logfile")
+        errors.append(ConfigError("logfile-max", "--logfile-max needs --logfile"))
     if args.logfile_backups is not None and args.logfile_max is None:
-        parser.error("--logfile-backups needs --logfile-max")
+        errors.append(ConfigError("logfile-backups", "--logfile-backups needs --logfile-max"))
+    return errors
 
 
 def logfile_backups(args: argparse.Namespace) -> int:

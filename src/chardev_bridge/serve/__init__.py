@@ -1,0 +1,1 @@
+"""The console server: many bridges from one config file, status, systemd."""

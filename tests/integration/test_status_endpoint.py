@@ -31,7 +31,7 @@ from chardev_bridge.serve.status import (
     serve_status,
 )
 from chardev_bridge.serve.statusmodel import BridgeStatus, ProcessStatus, status_json
-from chardev_bridge.starterror import StartError
+from chardev_bridge.common.starterror import StartError
 
 HOST = "127.0.0.1"
 

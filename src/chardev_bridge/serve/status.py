@@ -24,11 +24,11 @@ from typing import Literal
 import h11
 import trio
 
-from chardev_bridge.hostport import format_hostport
+from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chardev_bridge.serve.metrics import metrics_text
 from chardev_bridge.serve.statusmodel import ProcessStatus, status_json
-from chardev_bridge.starterror import StartError, describe_listen_error
+from chardev_bridge.common.starterror import StartError, describe_listen_error
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -178,7 +178,7 @@ async def open_status_listeners(
     A socket file left by an earlier run is replaced; one that a process still listens on is
     not. :func:`serve_status` closes the listeners, and removes the socket file, when it
     returns. Raises :class:`StatusSpecError` for a spec that cannot be read and
-    :class:`~chardev_bridge.starterror.StartError` (an ``OSError``) when listening fails.
+    :class:`~chardev_bridge.common.starterror.StartError` (an ``OSError``) when listening fails.
     """
     address = parse_status_spec(spec)
     if address.kind == "unix":

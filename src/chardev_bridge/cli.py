@@ -42,6 +42,7 @@ from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from chardev_bridge.local.holding import DEFAULT_PTY_HOLD_MAX
 from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.qemu.setup import ReloadableTLS
 
 log = logging.getLogger("chardev_bridge")
 
@@ -89,7 +90,8 @@ exit status:
 _USAGE = (
     "%(prog)s [--server] [--host HOST] [--port PORT] [--local SPEC]"
     " [--tls-creds DIR] [options]\n"
-    "       %(prog)s creds {init,issue,check,revoke} ... (see: %(prog)s creds --help)"
+    "       %(prog)s creds {init,issue,check,revoke} ... (see: %(prog)s creds --help)\n"
+    "       %(prog)s serve --config FILE [--check] (see: %(prog)s serve --help)"
 )
 
 
@@ -441,16 +443,20 @@ class _AnnounceReady:
 async def _run(cfg: BridgeConfig) -> int:
     result = 0
     shutdown = trio.Event()
+    tls = ReloadableTLS(cfg.tls_settings)
+    listeners = _activated_listeners(cfg.listen_fd) if cfg.listen_fd is not None else None
     # A logrotate that sends SIGUSR1 to every console process must not kill one without a
-    # log file (the default action); one with a log reopens it (sharing.py).
+    # log file (the default action); one with a log reopens it (share/taps.py).
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if shutdown.is_set():
+                    if signum == signal.SIGHUP:
+                        reload_credentials(tls)
+                    elif shutdown.is_set():
                         log.info("%s again: stopping now", name)
                         nursery.cancel_scope.cancel()
                     else:
@@ -459,12 +465,49 @@ async def _run(cfg: BridgeConfig) -> int:
 
             async def bridge() -> None:
                 nonlocal result
-                result = await run_bridge(cfg, shutdown=shutdown, task_status=_AnnounceReady())
+                result = await run_bridge(
+                    cfg,
+                    listeners=listeners,
+                    tls=tls,
+                    shutdown=shutdown,
+                    task_status=_AnnounceReady(),
+                )
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(bridge)
     return result
+
+
+def reload_credentials(tls: ReloadableTLS) -> None:
+    """SIGHUP: read the credential files again; new handshakes use them, sessions in
+    progress keep theirs. Files that fail a check change nothing."""
+    try:
+        changed = tls.install(tls.prepare())
+    except (CredentialError, ValueError) as exc:
+        for line in str(exc).splitlines():
+            log.error("%s", line)
+        log.error("SIGHUP: credentials not reloaded; new handshakes use the ones loaded before")
+        return
+    if changed:
+        log.info("SIGHUP: credentials changed: new handshakes use the new files")
+    else:
+        log.info("SIGHUP: credential files unchanged")
+
+
+def _activated_listeners(name: str) -> list[trio.SocketListener]:
+    """The sockets systemd passed under ``name`` (``--listen-fd``), as trio listeners."""
+    from chardev_bridge.serve.systemd import (
+        SocketActivationError,
+        listeners_from,
+        named_sockets,
+        take_listen_fds,
+    )
+
+    try:
+        return listeners_from(named_sockets(take_listen_fds(), name))
+    except SocketActivationError as exc:
+        raise SocketActivationError(f"--listen-fd {name}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         from chardev_bridge.qemu.creds_cli import main as creds_main
 
         return creds_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from chardev_bridge.serve.cli import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -116,3 +116,69 @@ def test_first_connection_reaches_the_listener_named_console1_through_trio() -> 
     assert report["seen"]["LISTEN_FDNAMES"] == "console1"
     assert report["pid_matched"] is True
     assert report["left"] == []
+
+
+def _activator() -> str:
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        message = "systemd-socket-activate not found (Debian package systemd)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}: CI=true, so interop peers must be installed", pytrace=False)
+        pytest.skip(message)
+    return activate
+
+
+def _activated_bridge_carries_a_line(tmp_path: Path, bridge_args: list[str]) -> str:
+    """Run ``chardev-bridge`` under the activator with the socket named ``mon`` passed;
+    a client's line must reach the bridge's unix-listen local end. Returns its stderr."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    local = tmp_path / "mon.sock"
+    command = [
+        _activator(),
+        "-l",
+        f"127.0.0.1:{port}",
+        "--fdname=mon",
+        f"--setenv=PYTHONPATH={SRC}",
+        sys.executable,
+        "-m",
+        "chardev_bridge",
+        *bridge_args,
+    ]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            with connect_when_listening(port, proc) as conn:
+                conn.sendall(b"hello through an activated socket\n")
+                deadline = time.monotonic() + 10
+                while not local.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.settimeout(10)
+                    client.connect(str(local))
+                    got = b""
+                    while not got.endswith(b"\n"):
+                        got += client.recv(4096)
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=15)
+    assert got == b"hello through an activated socket\n", stderr
+    assert proc.returncode == 0, stderr
+    return stderr
+
+
+def test_serve_bridge_accepts_on_the_socket_systemd_passed_by_name(tmp_path: Path) -> None:
+    config = tmp_path / "consoles.toml"
+    config.write_text(
+        f'[bridge.vm2-monitor]\nserver = true\nlisten-fd = "mon"\n'
+        f'local = "unix-listen:{tmp_path}/mon.sock"\n'
+    )
+    stderr = _activated_bridge_carries_a_line(tmp_path, ["serve", "--config", str(config)])
+    assert "chardev-bridge[vm2-monitor]: session from 127.0.0.1:" in stderr
+
+
+def test_cli_listen_fd_accepts_on_the_socket_systemd_passed(tmp_path: Path) -> None:
+    stderr = _activated_bridge_carries_a_line(
+        tmp_path, ["--server", "--listen-fd", "mon", "--local", f"unix-listen:{tmp_path}/mon.sock"]
+    )
+    assert "chardev-bridge: session from 127.0.0.1:" in stderr

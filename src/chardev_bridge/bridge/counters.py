@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from chardev_bridge.bridge.datapath import SessionStats
+
 State = Literal["connected", "listening", "connecting", "retrying", "stopped"]
 
 
@@ -30,6 +32,14 @@ class BridgeCounters:
     peer: str | None = None
     peer_dn: str | None = None
     tls: str | None = None
+    #: The sessions in progress, whose bytes are not in the totals yet.
+    live: list[SessionStats] = field(default_factory=list)
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes to and from the remote so far, live sessions included."""
+        to_remote = self.bytes_to_remote + sum(s.to_remote for s in self.live)
+        from_remote = self.bytes_from_remote + sum(s.to_local for s in self.live)
+        return to_remote, from_remote
 
     def note_failure(self, reason: str, words: str) -> None:
         """A handshake or policy failure: counted by ``reason``, remembered in ``words``."""

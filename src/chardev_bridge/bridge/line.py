@@ -11,6 +11,7 @@ session and none of this applies.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -39,6 +40,7 @@ class LocalLine:
         when_disconnected: Literal["block", "drop"] | None,
         hold_limit: float | None,
         grace: float,
+        dropped: Counter[str] | None = None,
     ) -> None:
         self.local = local
         self.taps = taps
@@ -57,8 +59,8 @@ class LocalLine:
         self._scrollback_loss_logged = False
         self._wait_idle: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint
         self._stopping: Callable[[], bool] = lambda: False
-        #: Local bytes dropped because no remote was connected (a status counter).
-        self.dropped_disconnected = 0
+        #: Bytes dropped, by reason (status counters).
+        self.dropped: Counter[str] = dropped if dropped is not None else Counter()
 
     @property
     def persistent(self) -> bool:
@@ -141,6 +143,7 @@ class LocalLine:
         if scrollback.undelivered and not self._scrollback_loss_logged:
             # A shutdown and the end of the last session can both get here.
             self._scrollback_loss_logged = True
+            self.dropped["unread"] += scrollback.undelivered
             log.warning(
                 "local end %s did not read the last %d bytes of the scrollback; they are lost",
                 self.describe(),
@@ -152,7 +155,7 @@ class LocalLine:
             if self._dropped_while_idle == 0:
                 log.warning("no remote connected: dropping local bytes (--when-disconnected drop)")
             self._dropped_while_idle += len(data)
-            self.dropped_disconnected += len(data)
+            self.dropped["disconnected"] += len(data)
 
         await self._read_between_sessions(drop)
 
@@ -221,7 +224,7 @@ class LocalLine:
         held.expire(trio.current_time())
         dropped = held.take_dropped()
         if dropped:
-            self.dropped_disconnected += dropped
+            self.dropped["held_too_long"] += dropped
             log.warning("%s", dropped_line(dropped, held.max_age))
         if len(held):
             self.carry.pending = memoryview(held.take() + bytes(self.carry.pending))

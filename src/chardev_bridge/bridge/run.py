@@ -10,6 +10,8 @@ shutdown event; without them the bridge binds, builds and keeps its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -53,6 +55,7 @@ async def run_bridge(
     cfg: BridgeConfig,
     *,
     listeners: list[trio.SocketListener] | None = None,
+    local: LocalEnd | None = None,
     tls: TLSProvider | None = None,
     counters: BridgeCounters | None = None,
     shutdown: trio.Event | None = None,
@@ -62,9 +65,10 @@ async def run_bridge(
     ``shutdown`` is set (graceful: in-flight bytes delivered, close_notify sent) or the caller
     cancels. Returns the process exit status.
 
-    ``listeners`` (a listening bridge) replaces binding ``cfg.host``/``cfg.port``; ``tls``
-    replaces building the TLS setup from ``cfg`` once (raises ``CredentialError`` for bad
-    credentials); ``counters`` is where the bridge counts, for a caller to read.
+    ``listeners`` (a listening bridge) replaces binding ``cfg.host``/``cfg.port``; ``local``
+    an end the caller has opened and started, and keeps open (a pty that outlives a restart
+    of its bridge); ``tls`` replaces building the TLS setup from ``cfg`` once (raises
+    ``CredentialError`` for bad credentials); ``counters`` is where the bridge counts.
     """
     if cfg.name is not None:
         bridge_name.set(cfg.name)
@@ -73,9 +77,9 @@ async def run_bridge(
     share = ShareCounters()
     async with (
         open_sharing(cfg.traffic_log, cfg.viewers, share) as taps,
-        open_local_end(cfg.local, link=cfg.link) as local,
+        _local_end(cfg, local) as local,
+        _listeners(cfg, listeners) as listeners,
     ):
-        await local.start()
         ready = BridgeReady(
             local=local.describe(), pty_path=local.pty_path, share=share, counters=counters
         )
@@ -86,12 +90,36 @@ async def run_bridge(
                 nursery.start_soon(bridge.shutdown_on, shutdown)
             if taps is not None:
                 nursery.start_soon(taps.run)
-            if cfg.listen and listeners is None:
-                listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-            code = await bridge.run(ready, listeners or [], task_status)
+            code = await bridge.run(ready, listeners, task_status)
             nursery.cancel_scope.cancel()
         counters.state = "stopped"
         return code
+
+
+@asynccontextmanager
+async def _local_end(cfg: BridgeConfig, given: LocalEnd | None) -> AsyncIterator[LocalEnd]:
+    if given is not None:
+        yield given
+        return
+    async with open_local_end(cfg.local, link=cfg.link) as local:
+        await local.start()
+        yield local
+
+
+@asynccontextmanager
+async def _listeners(
+    cfg: BridgeConfig, given: list[trio.SocketListener] | None
+) -> AsyncIterator[list[trio.SocketListener]]:
+    """The listeners handed in (the caller's to close), or bound here and closed at the end."""
+    if given is not None or not cfg.listen:
+        yield given or []
+        return
+    bound = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    try:
+        yield bound
+    finally:
+        for listener in bound:
+            await trio.aclose_forcefully(listener)
 
 
 def _parts(
@@ -109,6 +137,7 @@ def _parts(
         when_disconnected=cfg.when_disconnected,
         hold_limit=cfg.hold_limit,
         grace=cfg.shutdown_grace,
+        dropped=counters.dropped_bytes,
     )
     # A line carries one session at a time; a socket end one per local connection.
     capacity = 1 if local.persistent else cfg.max_sessions

@@ -105,7 +105,7 @@ class SessionRunner:
             replay_window=window,
         )
         active.session = session
-        self.counters.sessions += 1
+        self._began(remote, session.stats)
         if self.stopping:
             session.drain("bridge shutting down")
         began = trio.current_time()
@@ -126,13 +126,30 @@ class SessionRunner:
                     await remote.stream.aclose()
                     if not line.persistent:
                         await local_stream.aclose()
-            self.counters.bytes_to_remote += stats.to_remote
-            self.counters.bytes_from_remote += stats.to_local
+            self._ended(stats)
             _log_disconnect(remote, stats, lasted, level, again)
             if verdict.hint is not None:
                 log.warning("%s", verdict.hint)
             active.done.set()
         return stats
+
+    def _began(self, remote: RemoteSession, stats: SessionStats) -> None:
+        counters = self.counters
+        counters.sessions += 1
+        counters.live.append(stats)
+        counters.state = "connected"
+        counters.peer = remote.peer
+        counters.tls = remote.describe()
+        counters.peer_dn = remote.peer_cert.dn if remote.peer_cert is not None else None
+
+    def _ended(self, stats: SessionStats) -> None:
+        counters = self.counters
+        counters.live.remove(stats)
+        counters.bytes_to_remote += stats.to_remote
+        counters.bytes_from_remote += stats.to_local
+        if not counters.live:
+            counters.state = "listening" if self.listening else "connecting"
+            counters.peer = counters.peer_dn = counters.tls = None
 
     def _settle(
         self,

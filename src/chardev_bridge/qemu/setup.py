@@ -92,7 +92,82 @@ def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
         check_peer=judge,
         silent_rejection=_silent_rejection(policy) if policy.endpoint == "client" else None,
         split_last_byte=cfg.split_last_byte,
+        cert_not_after=_not_after(policy.creds.cert),
     )
+
+
+def _not_after(cert: Path | None) -> float | None:
+    if cert is None:
+        return None
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None  # the checks above report an unusable certificate
+
+
+#: A TLS setup built from credential files, and those files' fingerprint.
+PreparedTLS = tuple[TLSSetup | None, tuple[object, ...]]
+
+#: Setups already built, by settings and fingerprint: many bridges share one directory.
+SetupCache = dict[tuple[TLSSettings, tuple[object, ...]], TLSSetup | None]
+
+
+class ReloadableTLS:
+    """A TLS provider whose credentials are read again on reload: new handshakes use the
+    new files, sessions in progress keep theirs. Files that did not change are not read."""
+
+    def __init__(self, settings: TLSSettings, cache: SetupCache | None = None) -> None:
+        self.settings = settings
+        self.setup: TLSSetup | None = None
+        self._fingerprint: tuple[object, ...] | None = None
+        self.setup, self._fingerprint = self.prepare(cache)
+
+    def __call__(self) -> TLSSetup | None:
+        return self.setup
+
+    def prepare(self, cache: SetupCache | None = None) -> PreparedTLS:
+        """Build the setup from the files as they are now (raises as
+        :func:`build_tls_setup`); :meth:`install` puts it to use."""
+        fingerprint = credentials_fingerprint(self.settings)
+        if fingerprint == self._fingerprint:
+            return self.setup, fingerprint
+        key = (self.settings, fingerprint)
+        if cache is not None and key in cache:
+            return cache[key], fingerprint
+        setup = build_tls_setup(self.settings)
+        if cache is not None:
+            cache[key] = setup
+        return setup, fingerprint
+
+    def install(self, prepared: PreparedTLS) -> bool:
+        """Use a setup :meth:`prepare` built; returns whether the files had changed."""
+        setup, fingerprint = prepared
+        changed = fingerprint != self._fingerprint
+        self.setup, self._fingerprint = setup, fingerprint
+        return changed
+
+
+def credentials_fingerprint(cfg: TLSSettings) -> tuple[object, ...]:
+    """What changes when a credential file is replaced, renewed or edited: each file's
+    identity, size and modification time."""
+    paths: list[Path] = []
+    for directory in (cfg.creds, cfg.creds_psk):
+        if directory is not None and directory.is_dir():
+            paths += sorted(directory.iterdir())
+    for extra in (cfg.key_password_file, cfg.authz_file):
+        if extra is not None:
+            paths.append(extra)
+    marks: list[object] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            marks.append((str(path), None))
+            continue
+        marks.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(marks)
 
 
 def _silent_rejection(policy: TLSPolicy) -> str:

@@ -25,10 +25,10 @@ import h11
 import trio
 
 from chardev_bridge.common.hostport import format_hostport
+from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chardev_bridge.serve.metrics import metrics_text
 from chardev_bridge.serve.statusmodel import ProcessStatus, status_json
-from chardev_bridge.common.starterror import StartError, describe_listen_error
 
 __all__ = [
     "MAX_CONNECTIONS",

@@ -272,3 +272,18 @@ def _nonnegative_int(text: str) -> int | None:
 def _positive_int(text: str) -> int | None:
     value = _nonnegative_int(text)
     return value if value else None
+
+
+def named_sockets(fds: dict[str, list[socket.socket]], name: str) -> list[socket.socket]:
+    """The listening sockets systemd passed under ``name``; raises
+    :class:`SocketActivationError` naming what was passed and the fix."""
+    socks = fds.get(name)
+    if not socks:
+        passed = ", ".join(sorted(fds)) or "none"
+        raise SocketActivationError(
+            f"systemd passed no socket named {name!r} (passed: {passed}); give the socket"
+            f" unit FileDescriptorName={name}"
+        )
+    for sock in socks:
+        check_listening_stream(sock, name)
+    return socks

@@ -43,6 +43,8 @@ class TLSSetup:
     prepare: Callable[[ssl.SSLObject], None] | None = None
     # The QEMU 7.2 input-stall workaround (see TLSEngine.write_plaintext).
     split_last_byte: bool = True
+    # When our own certificate expires (unix time; None: no certificate).
+    cert_not_after: float | None = None
 
 
 #: Gives the TLS setup for the next handshake (None: plain TCP); a reload swaps what it gives.

@@ -1,0 +1,116 @@
+"""``chardev-bridge serve --config FILE``: the console server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
+from chardev_bridge.common.logcontext import configure_logging
+from chardev_bridge.serve.configfile import ConfigFileError
+from chardev_bridge.serve.server import ConsoleServer, Prepared, prepare
+from chardev_bridge.serve.systemd import (
+    Notifier,
+    SocketActivationError,
+    run_watchdog,
+    take_listen_fds,
+    watchdog_interval,
+)
+
+log = logging.getLogger("chardev_bridge")
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``serve`` subcommand's options."""
+    p = _OneLineErrors(
+        prog="chardev-bridge serve",
+        description="Run every bridge of a config file in one process. SIGHUP reloads the"
+        " file and every credential directory; SIGTERM/SIGINT stop every bridge gracefully.",
+    )
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML file")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the file and every credential directory it names, then exit 0 (all"
+        " good) or 1 (each problem on one line); starts nothing",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``chardev-bridge serve``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
+    try:
+        fds = {} if args.check else take_listen_fds()
+        prepared = prepare(args.config, {}, fds) if not args.check else _check(args.config)
+    except ConfigFileError as exc:
+        for line in exc.lines:
+            log.error("%s", line)
+        log.error("%s: %d problem(s); nothing started", args.config, len(exc.lines))
+        return 1
+    except SocketActivationError as exc:
+        log.error("%s", exc)
+        return 1
+    if args.check:
+        log.info("%s: %d bridges, no problems", args.config, len(prepared.config.bridges))
+        return 0
+    keep_read_buffers_off_mmap()
+    server = ConsoleServer(args.config, Notifier.from_environ(), fds)
+    try:
+        return trio.run(_serve, server, prepared)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _check(path: Path) -> Prepared:
+    """Every check of a start but socket activation (systemd passes no sockets to a check)."""
+    prepared = prepare(path, {}, None)
+    for name, cfg in prepared.config.bridges.items():
+        if cfg.listen_fd is not None:
+            log.info("[bridge.%s] listen-fd: checked when systemd passes the socket", name)
+    return prepared
+
+
+async def _serve(server: ConsoleServer, prepared: Prepared) -> int:
+    # A logrotate that sends SIGUSR1 to every console process must not kill one without a
+    # log file (the default action); bridges with a log reopen it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    async with trio.open_nursery() as nursery:
+        status = prepared.config.status_listen
+        if status is not None:
+            from chardev_bridge.serve.status import open_status_listeners, serve_status
+
+            listeners = await open_status_listeners(status)
+            nursery.start_soon(serve_status, listeners, server.status)
+            log.info("status endpoint on %s", status)
+        interval = watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(run_watchdog, server.notifier, interval)
+
+        async def run_server(task_status: trio.TaskStatus[None]) -> None:
+            await server.run(prepared, task_status)
+            nursery.cancel_scope.cancel()  # every bridge has stopped: the endpoint goes too
+
+        await nursery.start(run_server)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

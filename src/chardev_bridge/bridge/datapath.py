@@ -25,6 +25,7 @@ Read this top to bottom; it is the whole of how bytes move.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -164,6 +165,11 @@ class Session:
         self._pumps: trio.Nursery | None = None
         # Seconds the session may still take, once it is ending (None: not ending).
         self._end_grace: float | None = None
+        # The watcher sleeps until its next deadline, or for good when it has nothing to
+        # watch; a delivery (unless it already looks every second) or the remote's end
+        # wakes it. An idle session costs no wake-ups at all.
+        self._watch_poke = trio.Event()
+        self._watch_each_second = False
 
     def _end_within_grace(self, grace: float | None = None) -> None:
         grace = self.grace if grace is None else grace
@@ -303,6 +309,7 @@ class Session:
             return  # stopped: the session is draining
         stats.remote_eof = True
         stats.last_activity = trio.current_time()
+        self._watch_poke.set()
         if self.local_persistent:
             # The line stays; this remote session is over. Cancelling is safe: a chunk
             # the other pump holds stays in `carry` for the next session.
@@ -317,6 +324,8 @@ class Session:
         if self.tap_to_local is not None:
             self.tap_to_local(data)
         self._delivering_since = trio.current_time()
+        if not self._watch_each_second:
+            self._watch_poke.set()
         try:
             await self.local.send_all(data)
         except STREAM_ERRORS as exc:
@@ -327,13 +336,30 @@ class Session:
         self.stats.last_activity = trio.current_time()
         return True
 
+    def _next_look(self, warned: bool) -> float:
+        """When the watcher must look next (infinity: nothing to watch until woken)."""
+        stats, now = self.stats, trio.current_time()
+        looks = [math.inf]
+        self._watch_each_second = self._delivering_since is not None or warned
+        if self._watch_each_second:
+            looks.append(now + 1)
+        if self.idle_timeout is not None:
+            looks.append(stats.last_activity + self.idle_timeout)
+        if stats.remote_eof and not stats.local_eof and not self.local_persistent:
+            looks.append(stats.last_activity + self.grace)
+        return min(looks)
+
     async def _watch(self) -> None:
         """Report a local end nobody reads; end a session that has gone quiet for good."""
         stats = self.stats
         warned_at: float | None = None
         written = getattr(self.local, "bytes_written", None)
         while True:
-            await trio.sleep(1)
+            look = self._next_look(warned_at is not None)
+            self._watch_poke = trio.Event()
+            with trio.move_on_at(look):
+                await self._watch_poke.wait()
+                continue  # woken early: work out the next look again
             now = trio.current_time()
             # A slow reader (a 9600-baud line) takes a chunk over many seconds: what the
             # local end has written since the last look is progress, not a stall.

@@ -35,6 +35,7 @@ from chardev_bridge.bridge.config import (
     InvalidConfig,
     TrafficLogConfig,
 )
+from chardev_bridge.bridge.counters import BridgeCounters
 from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.common.logcontext import configure_logging
@@ -351,6 +352,12 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
     add_rotation_arguments(trace)
     add_viewer_arguments(p)
     out = p.add_argument_group("output")
+    out.add_argument(
+        "--status",
+        metavar="SPEC",
+        help="serve /_status (JSON) and /metrics (Prometheus) over HTTP on tcp-listen:HOST:PORT"
+        " or unix-listen:PATH (tcp:/unix: too)",
+    )
     out.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     out.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     out.add_argument("--version", action="version", version=f"chardev-bridge {__version__}")
@@ -434,16 +441,22 @@ def _config(args: argparse.Namespace, name: str | None) -> BridgeConfig:
 class _AnnounceReady:
     """Receives ``run_bridge``'s ready signal and prints the pty path on stdout."""
 
+    def __init__(self) -> None:
+        self.ready: BridgeReady | None = None
+
     def started(self, value: BridgeReady | None = None) -> None:
+        self.ready = value
         if value is not None and value.pty_path:
             # Scripts wait for this line, and stdout may be a pipe: flush it now.
             print(f"pty: {value.pty_path}", flush=True)
 
 
-async def _run(cfg: BridgeConfig) -> int:
+async def _run(cfg: BridgeConfig, status: str | None) -> int:
     result = 0
     shutdown = trio.Event()
     tls = ReloadableTLS(cfg.tls_settings)
+    counters = BridgeCounters()
+    announce = _AnnounceReady()
     listeners = _activated_listeners(cfg.listen_fd) if cfg.listen_fd is not None else None
     # A logrotate that sends SIGUSR1 to every console process must not kill one without a
     # log file (the default action); one with a log reopens it (share/taps.py).
@@ -469,14 +482,39 @@ async def _run(cfg: BridgeConfig) -> int:
                     cfg,
                     listeners=listeners,
                     tls=tls,
+                    counters=counters,
                     shutdown=shutdown,
-                    task_status=_AnnounceReady(),
+                    task_status=announce,
                 )
                 nursery.cancel_scope.cancel()
 
+            if status is not None:
+                await _start_status(nursery, status, cfg, counters, announce, tls)
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(bridge)
     return result
+
+
+async def _start_status(
+    nursery: trio.Nursery,
+    spec: str,
+    cfg: BridgeConfig,
+    counters: BridgeCounters,
+    announce: _AnnounceReady,
+    tls: ReloadableTLS,
+) -> None:
+    """``--status``: the status endpoint, for this one bridge."""
+    from chardev_bridge.serve.status import open_status_listeners, serve_status
+    from chardev_bridge.serve.statusmodel import ProcessStatus
+    from chardev_bridge.serve.supervisor import bridge_status
+
+    def snapshot() -> ProcessStatus:
+        one = bridge_status(cfg.name or "bridge", cfg, counters, announce.ready, tls.setup)
+        return ProcessStatus(bridges=[one])
+
+    listeners = await open_status_listeners(spec)
+    nursery.start_soon(serve_status, listeners, snapshot)
+    log.info("status endpoint on %s", spec)
 
 
 def reload_credentials(tls: ReloadableTLS) -> None:
@@ -532,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     keep_read_buffers_off_mmap()
     try:
-        return trio.run(_run, cfg)
+        return trio.run(_run, cfg, args.status)
     except (CredentialError, OSError, ValueError, BaseExceptionGroup) as exc:
         # Start-up failures (bad credentials, priority or allow-list, port in use, no such
         # tty) get one line each, no traceback.

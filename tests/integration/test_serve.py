@@ -355,3 +355,58 @@ async def test_sigterm_stops_every_bridge_and_removes_links(tmp_path: Path, pki:
         assert not (tmp_path / "vm1").exists() and not (tmp_path / "vm2").exists()
         assert not (tmp_path / "vm1-srv.sock").exists()
         assert "SIGTERM: stopping every bridge" in peer.stderr_text()
+
+
+async def test_viewers_and_console_logs_per_bridge_show_in_status(tmp_path: Path, pki: PKI) -> None:
+    config = tmp_path / "consoles.toml"
+    status_port = free_port()
+    text = pair_config(tmp_path, pki, ["vm1", "vm2"]).replace(
+        "[defaults]\n",
+        f'[defaults]\nviewers = "unix-listen:{tmp_path}/{{name}}.view"\n'
+        f'logfile = "{tmp_path}/{{name}}.log"\nlogfile-direction = "from-remote"\n',
+    )
+    config.write_text(text + f'[status]\nlisten = "tcp:{HOST}:{status_port}"\n')
+    async with serving(config), pair_ends(tmp_path, "vm1") as (pty, sock):
+        viewer = await unix_client(tmp_path / "vm1.view")
+        async with viewer:
+            await wait_until_viewers(status_port, "vm1", 1)
+            await sock.send_all(b"the console says hello\n")
+            assert await read_exactly(pty, 23) == b"the console says hello\n"
+            assert await read_exactly(viewer, 23) == b"the console says hello\n"
+            _, body = await get(status_port, "/metrics")
+            assert 'chardev_bridge_viewers{bridge="vm1"} 1.0' in body.decode()
+    assert (tmp_path / "vm1.log").read_bytes() == b"the console says hello\n"
+    assert (tmp_path / "vm2.log").exists() and (tmp_path / "vm2-srv.log").exists()
+
+
+async def wait_until_viewers(status_port: int, name: str, count: int) -> None:
+    with trio.fail_after(10):
+        while True:
+            _, body = await get(status_port, "/_status")
+            if json.loads(body)["bridges"][name]["viewers"] == count:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_single_bridge_serves_its_status_with_the_status_option(tmp_path: Path) -> None:
+    status = tmp_path / "status.sock"
+    command = [sys.executable, "-m", "chardev_bridge", "--server", "--host", HOST, "--port", "0"]
+    async with running_peer([*command, "--status", f"unix-listen:{status}"]) as bridge:
+        await wait_for_stderr(bridge, f"status endpoint on unix-listen:{status}")
+        await wait_for_stderr(bridge, "listening on")
+
+        def fetch() -> bytes:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(status))
+                client.sendall(b"GET /_status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := client.recv(65536):
+                    reply += chunk
+                return reply
+
+        reply = await trio.to_thread.run_sync(fetch)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        one = json.loads(body)["bridges"]["bridge"]
+        assert one["state"] == "listening" and one["local"].startswith("pty /dev/pts/")
+        assert os.stat(status).st_mode & 0o777 == 0o600

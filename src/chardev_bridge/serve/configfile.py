@@ -28,7 +28,7 @@ from chardev_bridge.common.hostport import format_hostport
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 # Options of the process, not of a bridge.
-_NOT_BRIDGE_KEYS = {"help", "version", "verbose", "quiet"}
+_NOT_BRIDGE_KEYS = {"help", "version", "verbose", "quiet", "status"}
 
 _TOP_LEVEL = ("defaults", "bridge", "status")
 

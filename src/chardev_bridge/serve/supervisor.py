@@ -21,6 +21,7 @@ from chardev_bridge.local import LocalEnd, open_local_end
 from chardev_bridge.qemu.setup import ReloadableTLS
 from chardev_bridge.serve.statusmodel import BridgeStatus
 from chardev_bridge.tls.errors import describe_tls_error
+from chardev_bridge.tls.setup import TLSSetup
 
 log = logging.getLogger("chardev_bridge")
 
@@ -129,30 +130,39 @@ class SupervisedBridge:
 
     def status(self) -> BridgeStatus:
         """The bridge as the status endpoint shows it."""
-        cfg, counters = self.cfg, self.counters
-        to_remote, from_remote = counters.totals()
-        share = self.ready.share.snapshot() if self.ready and self.ready.share else None
-        setup = self.tls.setup
-        listening = f"listening on fd {cfg.listen_fd}" if cfg.listen_fd else None
-        return BridgeStatus(
-            name=self.name,
-            state=counters.state,
-            local=self.ready.local if self.ready else str(cfg.local),
-            remote=listening or _hostport(cfg.host, cfg.port),
-            peer=counters.peer,
-            peer_dn=counters.peer_dn,
-            tls=counters.tls,
-            link=str(cfg.link) if cfg.link else None,
-            sessions=counters.sessions,
-            bytes_to_remote=to_remote,
-            bytes_from_remote=from_remote,
-            last_error=counters.last_error,
-            cert_not_after=setup.cert_not_after if setup else None,
-            viewers=share.viewers_attached if share else 0,
-            reconnects=counters.reconnects,
-            handshake_failures=dict(counters.handshake_failures),
-            dropped_bytes=dict(counters.dropped_bytes),
-        )
+        return bridge_status(self.name, self.cfg, self.counters, self.ready, self.tls.setup)
+
+
+def bridge_status(
+    name: str,
+    cfg: BridgeConfig,
+    counters: BridgeCounters,
+    ready: BridgeReady | None,
+    setup: TLSSetup | None,
+) -> BridgeStatus:
+    """A bridge as the status endpoint shows it, from its counters."""
+    to_remote, from_remote = counters.totals()
+    share = ready.share.snapshot() if ready and ready.share else None
+    listening = f"listening on fd {cfg.listen_fd}" if cfg.listen_fd else None
+    return BridgeStatus(
+        name=name,
+        state=counters.state,
+        local=ready.local if ready else str(cfg.local),
+        remote=listening or _hostport(cfg.host, cfg.port),
+        peer=counters.peer,
+        peer_dn=counters.peer_dn,
+        tls=counters.tls,
+        link=str(cfg.link) if cfg.link else None,
+        sessions=counters.sessions,
+        bytes_to_remote=to_remote,
+        bytes_from_remote=from_remote,
+        last_error=counters.last_error,
+        cert_not_after=setup.cert_not_after if setup else None,
+        viewers=share.viewers_attached if share else 0,
+        reconnects=counters.reconnects,
+        handshake_failures=dict(counters.handshake_failures),
+        dropped_bytes=dict(counters.dropped_bytes),
+    )
 
 
 class _Started:

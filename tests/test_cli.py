@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chardev_bridge.cli import build_parser, config_from_args
+from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from tests.conftest import PKI
 

@@ -24,9 +24,9 @@ import trio
 
 from chardev_bridge import __version__
 from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.bridge.remote import start_session
 from chardev_bridge.bridge.slots import MAX_PENDING_HANDSHAKES
-from chardev_bridge.cli import build_parser, config_from_args
 from tests.bridges import read_exactly
 from tests.conftest import PKI, make_pki, write_creds_dir
 from tests.peers import require_tool

@@ -19,7 +19,7 @@ import pytest
 import trio
 from cryptography import x509
 
-from chardev_bridge.cli import build_parser
+from chardev_bridge.bridge.options import build_parser
 from chardev_bridge.qemu import pki as pkimod
 from chardev_bridge.qemu.creds_cli import _parser as creds_parser
 from tests.conftest import PKI, make_pki

@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.bridge.run import run_bridge
-from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.holding import (
     DEFAULT_PTY_HOLD_MAX,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.bridge.remote import RemoteSession, start_session
-from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.qemu import psk
 from chardev_bridge.qemu.policy import CredentialError, TLSPolicy, load_x509_creds, make_ssl_context
 from chardev_bridge.qemu.priority import parse_priority

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from chardev_bridge.bridge.config import BridgeConfig, TrafficLogConfig
-from chardev_bridge.cli import build_parser, config_from_args
+from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.share.consolelog import ConsoleLog, hex_lines
 from tests.bridges import read_exactly, running_bridge

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from chardev_bridge.common.configerror import ConfigError, InvalidConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.holding import check_hold_max, hold_limit
 from chardev_bridge.qemu.setup import TLSSettings
@@ -23,23 +24,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_RECONNECT_MAX = 30.0
 DEFAULT_SCROLLBACK = 1024 * 1024
 DEFAULT_SHUTDOWN_GRACE = 5.0
-
-
-class ConfigError(ValueError):
-    """One setting that cannot be used as given. ``setting`` is its name: the long option
-    without ``--``, which is also its key in a config file."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-class InvalidConfig(ValueError):
-    """Every problem found in one bridge's configuration, one line each."""
-
-    def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chardev_bridge.bridge.config import BridgeConfig, InvalidConfig
-from chardev_bridge.cli import OptionError, build_parser, config_from_argv
+from chardev_bridge.bridge.options import OptionError, build_parser, config_from_argv
 from chardev_bridge.common.hostport import format_hostport
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")

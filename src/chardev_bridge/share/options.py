@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from chardev_bridge.bridge.config import ConfigError
+from chardev_bridge.common.configerror import ConfigError
 from chardev_bridge.share.viewers import (
     DEFAULT_MAX_VIEWERS,
     DEFAULT_REPLAY,

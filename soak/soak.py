@@ -1,4 +1,4 @@
-"""Soak test (issue 4; not in CI, ``make soak``): N minutes of churn through two real bridges.
+"""Soak test (not in CI, ``make soak``): N minutes of churn through two real bridges.
 
 A listening bridge (TLS, pty, ``--idle-timeout``, ``--second-client replace``) and a connecting
 bridge (``--reconnect 0.2``, pty with a ``--link``) run as ``python -m chardev_bridge``

@@ -29,7 +29,6 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -313,6 +312,9 @@ class _Checker:
         return certs[:MAX_CA_CERTS]
 
     def check_key(self, cert_path: str, key_path: str, cert: x509.Certificate | None) -> None:
+        # Imported here: key parsing is only for the checks, which run in a child process.
+        from cryptography.hazmat.primitives import serialization
+
         prefix = f"Cannot load certificate '{cert_path}' & key '{key_path}'"
         try:
             st = os.stat(key_path)
@@ -400,6 +402,8 @@ class _Checker:
         )
 
     def check_dh(self, path: str) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         try:
             with open(path, "rb") as f:
                 data = f.read()

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from chardev_bridge.qemu._isolated import in_child
 from chardev_bridge.qemu.authz import AuthzList, load_authz_file
 from chardev_bridge.qemu.credcheck import check_creds, has_errors, is_init_root, role_mismatch
 from chardev_bridge.qemu.policy import (
@@ -59,7 +60,8 @@ def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
         return None
     check_layout(cfg.creds, cfg)
     password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
-    findings = check_creds(cfg.creds, cfg.endpoint, password=password)
+    # In a child: the checks load cryptography's backend, which a bridge needs no more.
+    findings = in_child(check_creds, cfg.creds, cfg.endpoint, password=password)
     for finding in findings:
         if finding.level == "warning":
             log.warning("%s", finding.message)

@@ -9,6 +9,7 @@ when the loss starts and once when the log is written again.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -164,8 +165,10 @@ class ConsoleLog:
         self._last_write_ok = False
         self._lost_lines = 0
         self._lost_bytes = 0
+        # The writer's log lines name the bridge, as the bridge's own do.
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._work, name=f"console log {cfg.path}", daemon=True
+            target=context.run, args=(self._work,), name=f"console log {cfg.path}", daemon=True
         )
         self._thread.start()
         _open_logs.add(self)

@@ -33,10 +33,11 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki
 from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
 from chardev_bridge.qemu.priority import LOCAL_POLICY_FILE, parse_priority
-from tests.bridges import open_pty_client, read_until, running_bridge
-from tests.certcraft import DAY, NOW, craft, write_dir
-from tests.peers import qemu_errors, qemu_load, require_tool, tls_creds_args
-from tests.procs import qemu_in_thread as qemu
+from tests.support.bridges import running_bridge
+from tests.support.certs import DAY, NOW, craft, write_dir
+from tests.support.peers import qemu_errors, qemu_load, require_tool, tls_creds_args
+from tests.support.peers import qemu_in_thread as qemu
+from tests.support.streams import open_pty, read_until
 
 SRC = Path(__file__).parents[1] / "src"
 # gnutls-cli and the bridge must not pick up a priority file from the test's environment.
@@ -330,7 +331,7 @@ async def test_crl_refuses_revoked_gnutls_cli_and_admits_a_good_one(
         async with running_bridge(server_cfg(creds.server)) as bridge:
             assert bridge.pty_path
             port = bridge.ports[0]
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 code, output = await denied_gnutls_client(
                     port, creds.other, app, "--priority", priority
                 )
@@ -359,7 +360,7 @@ async def test_crl_refuses_revoked_qemu_client_and_admits_a_good_one(
         async with running_bridge(server_cfg(creds.server)) as bridge:
             assert bridge.pty_path
             port = bridge.ports[0]
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 # QEMU sends its QMP greeting as soon as its handshake is done: it must not
                 # reach the pty.
                 async with qemu(qemu_client_args(creds.other, port)):
@@ -398,7 +399,7 @@ async def test_crl_past_next_update_still_revokes_like_qemu(
         async with running_bridge(server_cfg(creds.server)) as bridge:
             assert bridge.pty_path
             port = bridge.ports[0]
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 await denied_gnutls_client(port, creds.other, app)
                 line = await wait_for_log(caplog, rf"denied {PEER}: ")
                 assert f"serial {serial_hex(creds.other_leaf)} is revoked" in line, line
@@ -421,7 +422,7 @@ async def test_tls_authz_glob_with_gnutls_cli(
     with trio.fail_after(30):
         async with running_bridge(cfg) as bridge:
             assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 await denied_gnutls_client(bridge.ports[0], creds.other, app)
                 line = await wait_for_log(caplog, rf"denied {PEER}: ")
                 assert line.endswith(
@@ -442,7 +443,7 @@ async def test_tls_authz_glob_with_qemu_client(
         async with running_bridge(cfg) as bridge:
             assert bridge.pty_path
             port = bridge.ports[0]
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 async with qemu(qemu_client_args(creds.other, port)):
                     line = await wait_for_log(caplog, rf"denied {PEER}: ")
                     await assert_silent(app)
@@ -468,7 +469,7 @@ async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with (
             cli_server("--tls-creds", str(creds.server), "--tls-authz-file", str(authz)) as bridge,
-            open_pty_client(bridge.pty_path) as app,
+            open_pty(bridge.pty_path) as app,
         ):
             await denied_gnutls_client(bridge.port, creds.other, app)
             await good_gnutls_client_crosses(bridge.port, creds.client, app)
@@ -492,7 +493,7 @@ async def test_bridge_client_refuses_a_bridge_server_outside_its_allow_list(
         async with running_bridge(server_cfg(creds.server)) as server:
             assert server.pty_path
             port = server.ports[0]
-            async with open_pty_client(server.pty_path) as far:
+            async with open_pty(server.pty_path) as far:
                 cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,CN=*",))
                 assert await run_bridge(cfg) == 1
                 await assert_silent(far, 0.2)
@@ -500,7 +501,7 @@ async def test_bridge_client_refuses_a_bridge_server_outside_its_allow_list(
                 cfg = client_cfg(creds.client, port, tls_authz=(SERVER_DN,))
                 async with running_bridge(cfg) as client:
                     assert client.pty_path
-                    async with open_pty_client(client.pty_path) as near:
+                    async with open_pty(client.pty_path) as near:
                         await near.send_all(b"through\n")
                         assert await read_until(far, b"\n") == b"through\n"
     assert (
@@ -527,7 +528,7 @@ async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
             cfg = client_cfg(creds.client, port, tls_authz=("CN=local*",))
             async with running_bridge(cfg) as client:
                 assert client.pty_path
-                async with open_pty_client(client.pty_path) as app:
+                async with open_pty(client.pty_path) as app:
                     await qmp_round_trip(app)
     refused = [m for m in caplog.messages if m.startswith(f"cannot connect to 127.0.0.1:{port}")]
     assert refused == [
@@ -576,7 +577,7 @@ async def test_priority_without_tls13_negotiates_tls12_with_gnutls_cli(
             server_cfg(creds.server, tls_priority="NORMAL:-VERS-TLS1.3")
         ) as bridge:
             assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
     # gnutls-cli's own view of the session, e.g. (TLS1.2-X.509)-(ECDHE-X25519)-(ECDSA-SHA256)-...
     assert re.search(rb"- Description: \(TLS1\.2-X\.509\)-\(ECDHE-[^)]+\)-\(ECDSA-", output), output
@@ -598,7 +599,7 @@ async def test_priority_from_the_application_policy_entry(
     with trio.fail_after(20):
         async with running_bridge(server_cfg(creds.server)) as bridge:
             assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
     assert b"(TLS1.2-X.509)" in output
     assert f"TLS priority NORMAL:-VERS-TLS1.3, from {policy} (CHARDEV_BRIDGE)" in caplog.messages
@@ -614,7 +615,7 @@ async def test_tls13_only_refuses_a_tls12_only_gnutls_cli_with_a_reason(
     with trio.fail_after(20):
         async with running_bridge(cfg) as bridge:
             assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 code, output = await denied_gnutls_client(
                     bridge.ports[0], creds.client, app, "--priority", "NORMAL:-VERS-TLS1.3"
                 )
@@ -687,7 +688,7 @@ async def test_encrypted_server_key_with_password_file_via_cli(
     password.write_bytes(PASSWORD + b"\n")  # a trailing newline, as `echo` writes it
     args = ["--tls-creds", str(encrypted.server), "--tls-key-password-file", str(password)]
     with trio.fail_after(30):
-        async with cli_server(*args) as bridge, open_pty_client(bridge.pty_path) as app:
+        async with cli_server(*args) as bridge, open_pty(bridge.pty_path) as app:
             output = await good_gnutls_client_crosses(bridge.port, encrypted.other, app)
     assert b"- Handshake was completed" in output
     assert bridge.proc.returncode == 0
@@ -774,7 +775,7 @@ async def _aes128_only_client_then_a_good_one(
     with trio.fail_after(20):
         async with running_bridge(cfg) as bridge:
             assert bridge.pty_path
-            async with open_pty_client(bridge.pty_path) as app:
+            async with open_pty(bridge.pty_path) as app:
                 code, _ = await denied_gnutls_client(
                     bridge.ports[0], creds.client, app, "--priority", only_aes128
                 )

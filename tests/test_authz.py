@@ -29,7 +29,7 @@ from chardev_bridge.qemu.authz import (
     parse_authz,
     qemu_dn,
 )
-from tests.peers import Qemu, QemuError, qemu_errors, tls_creds_args, tls_monitor_args
+from tests.support.peers import Qemu, QemuError, qemu_errors, tls_creds_args, tls_monitor_args
 
 DN = "C=GB,ST=London,L=City Of London,O=QEMU Test,CN=client.example.com"
 

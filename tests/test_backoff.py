@@ -13,8 +13,8 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.common.backoff import REFUSED_INITIAL, ReconnectBackoff, is_refused
 from chardev_bridge.local import LocalSpec
-from tests.bridges import running_bridge
-from tests.sessionkit import HOST, free_port, wait_log
+from tests.support.bridges import running_bridge, wait_log
+from tests.support.net import HOST, free_port
 
 
 def nominal(delays: list[float], expected: list[float]) -> bool:

@@ -13,8 +13,9 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
-from tests.conftest import PKI
+from tests.support.bridges import running_bridge
+from tests.support.certs import PKI
+from tests.support.streams import open_pty, read_exactly, read_until
 
 SIZE = 32 * 1024 * 1024
 
@@ -100,8 +101,8 @@ async def test_pty_to_pty_line_arrives_raw(pki: PKI, caplog: pytest.LogCaptureFi
             async with running_bridge(cfg) as client:
                 assert client.pty_path
                 async with (
-                    open_pty_client(server.pty_path) as far,
-                    open_pty_client(client.pty_path) as near,
+                    open_pty(server.pty_path) as far,
+                    open_pty(client.pty_path) as near,
                 ):
                     await near.send_all(line)
                     assert await read_exactly(far, len(line)) == line
@@ -115,7 +116,7 @@ async def test_pty_path_survives_remote_sessions(pki: PKI) -> None:
     with trio.fail_after(20):
         async with running_bridge(server_config(pki, LocalSpec("pty"))) as server:
             assert server.pty_path
-            async with open_pty_client(server.pty_path) as app:
+            async with open_pty(server.pty_path) as app:
                 for round_ in range(3):
                     cfg = client_config(pki, server.ports[0], LocalSpec("stdio"))
                     # A connecting bridge per round: connect, send, go away.
@@ -198,7 +199,7 @@ async def test_ipv6_and_names_work_for_listening_and_connecting(
                 local=LocalSpec("unix-listen", path=sock),
                 tls_creds=pki.client_dir,
             )
-            async with running_bridge(cfg), open_pty_client(server.pty_path) as far:
+            async with running_bridge(cfg), open_pty(server.pty_path) as far:
                 app = await trio.open_unix_socket(sock)
                 await app.send_all(b"over " + host.encode())
                 assert await read_exactly(far, 5 + len(host)) == b"over " + host.encode()

@@ -14,7 +14,7 @@ import pytest
 
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec, parse_local_spec
-from tests.conftest import PKI
+from tests.support.certs import PKI
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
 

@@ -27,23 +27,19 @@ from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.remote import start_session
 from chardev_bridge.bridge.slots import MAX_PENDING_HANDSHAKES
 from chardev_bridge.cli import build_parser, config_from_args
-from tests.bridges import read_exactly
-from tests.conftest import PKI, make_pki, write_creds_dir
-from tests.peers import require_tool
-from tests.sessionkit import (
-    ENV,
+from tests.support.certs import PKI, make_pki, write_creds_dir
+from tests.support.net import (
     HOST,
-    CliBridge,
     TlsServer,
-    cli_bridge,
     client_context,
     free_port,
-    open_pty_app,
-    read_to_eof,
     server_context,
     tcp_connect,
     tls_connect,
 )
+from tests.support.peers import require_tool
+from tests.support.procs import ENV, CliBridge, cli_bridge
+from tests.support.streams import open_pty, read_exactly, read_to_eof
 
 MiB = 1 << 20
 # How every stderr line starts after the timestamp (cli.py's logging format).
@@ -64,7 +60,7 @@ async def exchange_through_pty(
     """Random bytes pty → remote and remote → pty at once; whether each arrived intact."""
     up, down = os.urandom(size), os.urandom(size)
     results: dict[str, bytes] = {}
-    async with open_pty_app(pty_path) as app:
+    async with open_pty(pty_path) as app:
 
         async def collect(name: str, stream: trio.abc.ReceiveStream) -> None:
             results[name] = await read_exactly(stream, size, timeout=15)
@@ -357,7 +353,7 @@ async def test_sigint_mid_session_delivers_in_flight_bytes_then_close_notify(
             pty_path, port = await bridge.pty_path(), await bridge.port()
             conn, me = await tls_connect(port, client_context(pki.client_dir))
             await bridge.wait_for(rf"{LINE}session from {re.escape(me)}: ")
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
 
                 async def write_all() -> None:
                     try:

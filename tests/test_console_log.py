@@ -24,9 +24,9 @@ import trio
 
 from chardev_bridge.bridge.config import TrafficLogConfig
 from chardev_bridge.share.consolelog import QUEUE_MAX, ConsoleLog, escape_line
-from tests.bridges import read_exactly
-from tests.procs import sha256
-from tests.sessionkit import HOST, cli_bridge, open_pty_app, tcp_connect
+from tests.support.net import HOST, tcp_connect
+from tests.support.procs import cli_bridge
+from tests.support.streams import open_pty, read_exactly, sha256
 
 MiB = 1 << 20
 STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00) (.*)$")
@@ -60,7 +60,7 @@ async def test_from_remote_lines_log_has_timestamps_escapes_and_not_what_the_use
         async with cli_bridge(serving(log, *LINES)) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app:
+            async with open_pty(pty_path) as app:
                 await remote.send_all(printed)
                 assert await read_exactly(app, len(printed)) == printed
                 await app.send_all(b"root\n")
@@ -91,7 +91,7 @@ async def test_both_directions_are_marked_in_lines(tmp_path: Path) -> None:
         async with cli_bridge(serving(log, *args)) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app:
+            async with open_pty(pty_path) as app:
                 await remote.send_all(b"login: \r\n")
                 await read_exactly(app, 9)
                 await wait_for_file(log, "< login: ")
@@ -115,7 +115,7 @@ async def test_rotation_keeps_at_most_n_backups_each_within_the_limit_at_line_bo
         async with cli_bridge(serving(log, *args)) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 nursery.start_soon(remote.send_all, printed)
                 assert sha256(await read_exactly(app, len(printed))) == sha256(printed)
             await wait_for_file(log, "line 01999 of the boot")
@@ -158,7 +158,7 @@ async def test_after_the_file_is_moved_away_sigusr1_sends_new_lines_to_a_new_fil
         async with cli_bridge(serving(log, *LINES)) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app:
+            async with open_pty(pty_path) as app:
                 await remote.send_all(b"before rotation\n")
                 await read_exactly(app, 16)
                 await wait_for_file(log, "before rotation")
@@ -233,7 +233,7 @@ async def test_a_log_on_a_full_filesystem_loses_no_console_byte(full_fs: Path) -
         async with cli_bridge(serving(log, *args)) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 nursery.start_soon(remote.send_all, down)
                 nursery.start_soon(app.send_all, up)
                 assert sha256(await read_exactly(app, len(down))) == sha256(down)

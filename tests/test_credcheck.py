@@ -15,8 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from chardev_bridge.qemu import pki
 from chardev_bridge.qemu.credcheck import Finding, check_creds, guess_endpoint, has_errors
-from tests.certcraft import DAY, NOW, craft, write_dir
-from tests.peers import (
+from tests.support.certs import DAY, NOW, craft, write_dir
+from tests.support.peers import (
     Qemu,
     qemu_errors,
     qemu_load,

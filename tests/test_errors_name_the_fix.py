@@ -22,18 +22,11 @@ from cryptography import x509
 from chardev_bridge.cli import build_parser
 from chardev_bridge.qemu import pki as pkimod
 from chardev_bridge.qemu.creds_cli import _parser as creds_parser
-from tests.conftest import PKI, make_pki
-from tests.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
-from tests.sessionkit import (
-    ENV,
-    HOST,
-    TlsServer,
-    cli_bridge,
-    free_port,
-    open_pty_app,
-    server_context,
-)
-from tests.test_cli_contract import LINE, bridge_cmd, exit_status, expect_failed_handshake
+from tests.support.certs import PKI, make_pki
+from tests.support.net import HOST, TlsServer, expect_failed_handshake, free_port, server_context
+from tests.support.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
+from tests.support.procs import ENV, LINE, bridge_cmd, cli_bridge, exit_status
+from tests.support.streams import open_pty
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 
@@ -292,7 +285,7 @@ async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_t
         async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
             pty_path = await bridge.pty_path()
             await bridge.wait_for(rf"{LINE}connected to 127\.0\.0\.1:{port}: plain TCP$")
-            app = open_pty_app(pty_path)
+            app = open_pty(pty_path)
             await app.send_all(b"help\r\n")
             assert await exit_status(bridge) == 1
             await app.aclose()
@@ -309,7 +302,7 @@ async def test_a_tls_bridge_closing_on_our_plain_bytes_gets_the_tls_hint(pki: PK
         async with cli_bridge(listening, name="TLS server") as server:
             port = await server.port()
             async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
-                app = open_pty_app(await bridge.pty_path())
+                app = open_pty(await bridge.pty_path())
                 await app.send_all(b"hello\n")
                 await server.wait_for(r"TLS handshake with .* failed: not TLS")
                 # A close is the server's to make: the hint, but no failure.

@@ -17,19 +17,10 @@ import pytest
 import trio
 
 from chardev_bridge.qemu import pki
-from tests.bridges import read_until
-from tests.peers import Qemu, require_qemu, tls_creds_args
-from tests.sessionkit import (
-    HOST,
-    CliBridge,
-    cli_bridge,
-    client_context,
-    free_port,
-    open_pty_app,
-    poll_flags,
-    rss_kib,
-    tls_connect,
-)
+from tests.support.net import HOST, client_context, free_port, tls_connect
+from tests.support.peers import Qemu, require_qemu, tls_creds_args
+from tests.support.procs import CliBridge, cli_bridge, rss_kib
+from tests.support.streams import open_pty, poll_flags, read_until
 
 MiB = 1 << 20
 
@@ -88,8 +79,8 @@ async def test_far_bridge_sigkilled_mid_transfer_and_restarted_loses_nothing_aft
             async with cli_bridge(client_args, name="client") as client:
                 client_pty = await client.pty_path()
                 await client.wait_for(rf"connected to 127\.0\.0\.1:{port}: TLSv1\.3")
-                near = open_pty_app(client_pty)
-                far = open_pty_app(server_pty)
+                near = open_pty(client_pty)
+                far = open_pty(server_pty)
                 writer = CountedWriter(near.fileno())
                 arrived = bytearray()
                 async with near, trio.open_nursery() as outer:
@@ -118,7 +109,7 @@ async def test_far_bridge_sigkilled_mid_transfer_and_restarted_loses_nothing_aft
                     await client.wait_for(rf"connected to 127\.0\.0\.1:{port}: TLS", skip=1)
                     reconnected.set()
                     assert os.readlink(link) == client_pty
-                    async with open_pty_app(server_pty) as far:
+                    async with open_pty(server_pty) as far:
                         resumed = await read_until(far, marker, timeout=30)
                         await far.send_all(b"pong\n")
                         assert await read_until(near, b"pong\n") == b"pong\n"
@@ -168,7 +159,7 @@ async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again
         try:
             async with cli_bridge(args, name="bridge") as bridge:
                 pty_path = await bridge.pty_path()
-                async with open_pty_app(pty_path) as app:
+                async with open_pty(pty_path) as app:
                     greeting = await read_until(app, b"\r\n")
                     assert b'"QMP"' in greeting
                     assert (

@@ -20,9 +20,9 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
-from tests.bridges import open_pty_client, running_bridge
-from tests.conftest import PKI, write_creds_dir
-from tests.procs import capture_bridge_logs, exchange, log_lines, sha256, wait_for_log
+from tests.support.bridges import capture_bridge_logs, log_lines, running_bridge, wait_log
+from tests.support.certs import PKI, write_creds_dir
+from tests.support.streams import exchange, open_pty, sha256
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -87,7 +87,7 @@ async def assert_good_client_gets_through(
     )
     size = 64 * 1024
     try:
-        async with open_pty_client(ready.pty_path) as tty:
+        async with open_pty(ready.pty_path) as tty:
             up, down = os.urandom(size), os.urandom(size)
             at_pty, at_client = await exchange(stream, tty, up, down)
             assert sha256(at_pty) == sha256(up)
@@ -97,8 +97,8 @@ async def assert_good_client_gets_through(
     finally:
         await trio.aclose_forcefully(stream)
     peer = rf"127\.0\.0\.1:{local_port}"
-    await wait_for_log(caplog, rf"^session from {peer}: TLSv1\.3 ")
-    await wait_for_log(
+    await wait_log(caplog, rf"^session from {peer}: TLSv1\.3 ")
+    await wait_log(
         caplog,
         rf"^disconnected from {peer} .*: {size} bytes sent, {size} bytes received; remote closed$",
     )
@@ -131,9 +131,7 @@ async def test_client_from_unknown_ca_is_rejected_with_alert(
         ctx = client_context(pki.client_dir, other.client_dir)
         local_port, reason = await tls_client_outcome(ready.ports[0], ctx)
         assert reason == "TLSV1_ALERT_UNKNOWN_CA"
-        await wait_for_log(
-            caplog, handshake_failed(local_port, r"not signed by our CA \(unknown CA\)")
-        )
+        await wait_log(caplog, handshake_failed(local_port, r"not signed by our CA \(unknown CA\)"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -146,7 +144,7 @@ async def test_client_without_certificate_is_rejected_with_alert(
             ready.ports[0], client_context(pki.client_dir, None)
         )
         assert reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
-        await wait_for_log(caplog, handshake_failed(local_port, "sent no client certificate"))
+        await wait_log(caplog, handshake_failed(local_port, "sent no client certificate"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -166,7 +164,7 @@ async def test_client_with_expired_certificate_is_rejected_with_alert(
         ctx = client_context(pki.client_dir, expired_dir)
         local_port, reason = await tls_client_outcome(ready.ports[0], ctx)
         assert reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
-        await wait_for_log(caplog, handshake_failed(local_port, "certificate has expired"))
+        await wait_log(caplog, handshake_failed(local_port, "certificate has expired"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -185,13 +183,13 @@ async def test_bridge_client_refuses_server_with_other_name_and_exits_1(
         with trio.fail_after(10):
             status = await run_bridge(client)
         assert status == 1
-        await wait_for_log(
+        await wait_log(
             caplog,
             rf"^cannot connect to 127\.0\.0\.1:{port}: the peer's certificate does not match the"
             r" expected name: .*wrong\.example\.com",
         )
         # The server side hears the client's alert and says so.
-        await wait_for_log(
+        await wait_log(
             caplog,
             r"^TLS handshake with 127\.0\.0\.1:\d+ failed: the peer rejected our certificate",
         )
@@ -249,7 +247,7 @@ async def test_non_tls_bytes_are_refused_with_cause(
             await assert_closed_by_bridge(tcp)
         finally:
             await tcp.aclose()
-        await wait_for_log(caplog, handshake_failed(local_port, cause))
+        await wait_log(caplog, handshake_failed(local_port, cause))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -271,6 +269,6 @@ async def test_idle_connection_is_dropped_after_handshake_timeout_without_blocki
             assert trio.current_time() - began >= timeout * 0.9
         finally:
             await idle.aclose()
-        await wait_for_log(caplog, dropped)
+        await wait_log(caplog, dropped)
         # The port is free for the next good client.
         await assert_good_client_gets_through(pki, ready, caplog)

@@ -25,8 +25,10 @@ from chardev_bridge.local.holding import (
     dropped_line,
     hold_limit,
 )
-from tests.bridges import read_until, running_bridge
-from tests.sessionkit import ENV, HOST, free_port, log_lines, open_pty_app, wait_log
+from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.net import HOST, free_port
+from tests.support.procs import ENV
+from tests.support.streams import open_pty, read_until
 
 # -- the decisions, without I/O ----------------------------------------------------------------
 
@@ -118,7 +120,7 @@ async def _type_while_the_remote_is_down(
     with trio.fail_after(30):
         async with running_bridge(config) as ready:
             assert ready.pty_path is not None
-            async with open_pty_app(ready.pty_path) as console:
+            async with open_pty(ready.pty_path) as console:
                 listener = (await trio.open_tcp_listeners(port, host=HOST))[0]
                 vm = await listener.accept()
                 await console.send_all(b"before\n")
@@ -242,7 +244,7 @@ async def test_bytes_held_when_the_bridge_stops_are_counted_in_a_log_line(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             ready = await nursery.start(functools.partial(run_bridge, cfg, shutdown=shutdown))
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 await app.send_all(b"typed while down\n")
                 await trio.sleep(0.5)  # read by the bridge, held: nothing listens
                 shutdown.set()

@@ -10,7 +10,6 @@ none of them may take the line over from the authenticated session.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import re
 import socket
@@ -30,21 +29,18 @@ from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import run_bridge
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki
-from tests.bridges import read_exactly, running_bridge
-from tests.certcraft import craft, write_dir
-from tests.peers import require_tool
-from tests.sessionkit import (
+from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.certs import craft, write_dir
+from tests.support.net import (
     HOST,
-    Flow,
     TlsServer,
     client_context,
-    log_lines,
-    open_pty_app,
     server_context,
     tcp_connect,
     tls_connect,
-    wait_log,
 )
+from tests.support.peers import require_tool
+from tests.support.streams import Flow, open_pty, read_exactly
 
 NOW = dt.datetime.now(dt.UTC)
 HANDSHAKE_TIMEOUT = 0.5
@@ -160,7 +156,7 @@ async def guarded_session(zoo: Zoo) -> AsyncIterator[Guarded]:
     async with running_bridge(bridge_config(zoo)) as ready:
         assert ready.pty_path is not None
         conn, name = await tls_connect(ready.ports[0], client_context(zoo.good))
-        async with open_pty_app(ready.pty_path) as app, trio.open_nursery() as nursery:
+        async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
             guarded = Guarded(
                 ready.ports[0], ready.pty_path, name, conn, app, Flow(conn, app), Flow(app, conn)
             )
@@ -353,12 +349,6 @@ PEER_CAUSES: dict[str, tuple[Hostile, str]] = {
 }
 
 
-@pytest.fixture
-def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    return caplog
-
-
 def lines_about(caplog: pytest.LogCaptureFixture, peer: str) -> list[str]:
     return log_lines(caplog, re.escape(peer) + r"(?!\d)")
 
@@ -459,7 +449,7 @@ async def session_then_misbehave(zoo: Zoo) -> AsyncIterator[Guarded]:
     async with running_bridge(bridge_config(zoo)) as ready:
         assert ready.pty_path is not None
         conn, name = await tls_connect(ready.ports[0], client_context(zoo.good))
-        async with open_pty_app(ready.pty_path) as app:
+        async with open_pty(ready.pty_path) as app:
             yield Guarded(
                 ready.ports[0], ready.pty_path, name, conn, app, Flow(conn, app), Flow(app, conn)
             )
@@ -549,7 +539,7 @@ async def test_the_line_survives_it_all_in_reject_mode_too(
         async with running_bridge(cfg) as ready:
             assert ready.pty_path is not None
             conn, name = await tls_connect(ready.ports[0], client_context(zoo.good))
-            async with open_pty_app(ready.pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
                 up, down = Flow(conn, app), Flow(app, conn)
                 up.start(nursery)
                 down.start(nursery)

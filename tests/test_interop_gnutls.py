@@ -18,18 +18,11 @@ import pytest
 import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
-from tests.bridges import open_pty_client, read_exactly, running_bridge
-from tests.conftest import PKI
-from tests.peers import require_tool
-from tests.procs import (
-    capture_bridge_logs,
-    exchange,
-    running_peer,
-    sha256,
-    subject_dn,
-    wait_for_log,
-    wait_ipv4_port,
-)
+from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
+from tests.support.certs import PKI, subject_dn
+from tests.support.peers import require_tool
+from tests.support.procs import running_peer, wait_ipv4_port
+from tests.support.streams import exchange, open_pty, read_exactly, sha256
 
 pytestmark = pytest.mark.interop
 
@@ -68,7 +61,7 @@ async def test_gnutls_cli_reaches_pty_of_bridge_server(
             str(ready.ports[0]),
             "127.0.0.1",
         ]
-        async with open_pty_client(ready.pty_path) as tty, running_peer(command) as cli:
+        async with open_pty(ready.pty_path) as tty, running_peer(command) as cli:
             # Any byte value, both ways at once: gnutls-cli is binary-clean on stdin/stdout.
             up, down = os.urandom(48 * 1024), os.urandom(48 * 1024)
             at_pty, at_cli = await exchange((cli.stdin, cli.stdout), tty, up, down)
@@ -81,9 +74,9 @@ async def test_gnutls_cli_reaches_pty_of_bridge_server(
                 returncode = await cli.process.wait()
             assert returncode == 0, cli.stderr_text()
         dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
-        await wait_for_log(caplog, r"^session from 127\.0\.0\.1:\d+: " + TLS_DETAILS.format(dn=dn))
+        await wait_log(caplog, r"^session from 127\.0\.0\.1:\d+: " + TLS_DETAILS.format(dn=dn))
         # gnutls-cli ended with close_notify (unlike QEMU).
-        await wait_for_log(
+        await wait_log(
             caplog,
             r"^disconnected from 127\.0\.0\.1:\d+ .*: 49152 bytes sent, 49152 bytes received;"
             r" remote closed$",
@@ -117,10 +110,10 @@ async def test_bridge_client_reaches_gnutls_serv(
         async with running_bridge(cfg) as ready:
             assert ready.pty_path is not None
             dn = re.escape(subject_dn(server / "server-cert.pem"))
-            await wait_for_log(
+            await wait_log(
                 caplog, rf"^connected to 127\.0\.0\.1:{port}: " + TLS_DETAILS.format(dn=dn)
             )
-            async with open_pty_client(ready.pty_path) as tty:
+            async with open_pty(ready.pty_path) as tty:
                 # Up through the bridge to gnutls-serv, and its echo back down to the pty.
                 lines = echo_lines(64 * 1024)
                 async with trio.open_nursery() as nursery:

@@ -19,21 +19,11 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady
-from tests.bridges import open_pty_client, running_bridge
-from tests.conftest import PKI
-from tests.peers import require_tool
-from tests.procs import (
-    Peer,
-    capture_bridge_logs,
-    exchange,
-    listening_ports,
-    running_peer,
-    sha256,
-    subject_dn,
-    wait_for_log,
-    wait_for_stderr,
-    wait_ipv4_port,
-)
+from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
+from tests.support.certs import PKI, subject_dn
+from tests.support.peers import require_tool
+from tests.support.procs import Peer, listening_ports, running_peer, wait_for_stderr, wait_ipv4_port
+from tests.support.streams import exchange, open_pty, sha256
 
 pytestmark = pytest.mark.interop
 
@@ -85,7 +75,7 @@ def s_client_command(openssl: str, client_dir: Path, port: int) -> list[str]:
 async def pty_exchange_with_peer(ready: BridgeReady, peer: Peer) -> None:
     """Random bytes both ways at once between the bridge's pty and the peer's stdin/stdout."""
     assert ready.pty_path is not None
-    async with open_pty_client(ready.pty_path) as tty:
+    async with open_pty(ready.pty_path) as tty:
         up, down = os.urandom(SIZE), os.urandom(SIZE)
         at_peer, at_pty = await exchange(tty, (peer.stdin, peer.stdout), up, down)
         assert sha256(at_peer) == sha256(up)
@@ -115,7 +105,7 @@ async def test_bridge_client_reaches_openssl_s_server_requiring_client_cert(
             await wait_s_server_verified_client(s_server)
             await pty_exchange_with_peer(ready, s_server)
             dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
-            await wait_for_log(
+            await wait_log(
                 caplog, rf"^connected to 127\.0\.0\.1:{port}: TLSv1\.3 \S+, peer certificate '{dn}'"
             )
 
@@ -131,7 +121,7 @@ async def test_openssl_s_client_reaches_pty_of_bridge_server(
         async with running_peer(command) as s_client:
             await pty_exchange_with_peer(ready, s_client)
         dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
-        await wait_for_log(
+        await wait_log(
             caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, peer certificate '{dn}'"
         )
 
@@ -160,7 +150,7 @@ async def test_tcp_server_bridge_as_tls_client_reaches_openssl_s_server(
             await wait_s_server_verified_client(s_server)
             await pty_exchange_with_peer(ready, s_server)
         dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
-        await wait_for_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, .*'{dn}'")
+        await wait_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, .*'{dn}'")
 
 
 async def test_tcp_client_bridge_as_tls_server_serves_openssl_s_client(
@@ -183,9 +173,7 @@ async def test_tcp_client_bridge_as_tls_server_serves_openssl_s_client(
             async with running_peer(command) as s_client:
                 await pty_exchange_with_peer(ready, s_client)
             dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
-            await wait_for_log(
-                caplog, rf"^connected to 127\.0\.0\.1:{first}: TLSv1\.3 \S+, .*'{dn}'"
-            )
+            await wait_log(caplog, rf"^connected to 127\.0\.0\.1:{first}: TLSv1\.3 \S+, .*'{dn}'")
 
 
 async def _next_listening_port(peer: Peer, previous: int, timeout: float = 10) -> int:

@@ -29,19 +29,11 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki as pkimod
 from chardev_bridge.qemu.creds_cli import main as creds_main
 from chardev_bridge.tls.stream import TLSStream
-from tests.bridges import open_pty_client, read_until, running_bridge
-from tests.conftest import PKI
-from tests.peers import Qemu, qemu_load, tls_creds_args, tls_monitor_args
-from tests.procs import (
-    capture_bridge_logs,
-    exchange,
-    log_lines,
-    qemu_in_thread,
-    sha256,
-    subject_dn,
-    wait_for_log,
-)
-from tests.sessionkit import client_context, tls_connect
+from tests.support.bridges import capture_bridge_logs, log_lines, running_bridge, wait_log
+from tests.support.certs import PKI, subject_dn
+from tests.support.net import client_context, tls_connect
+from tests.support.peers import Qemu, qemu_in_thread, qemu_load, tls_creds_args, tls_monitor_args
+from tests.support.streams import exchange, open_pty, read_until, sha256
 
 pytestmark = pytest.mark.interop
 
@@ -89,7 +81,7 @@ async def quit_qemu(stream: trio.abc.Stream, qemu: Qemu, caplog: pytest.LogCaptu
     # Let it exit before Qemu.close() would send its own quit into a closing pipe.
     assert qemu.proc is not None
     await trio.to_thread.run_sync(functools.partial(qemu.proc.wait, timeout=5))
-    await wait_for_log(
+    await wait_log(
         caplog, r"^disconnected from 127\.0\.0\.1:\d+ .*; remote closed without TLS close_notify$"
     )
 
@@ -109,11 +101,11 @@ async def test_qmp_through_bridge_client_to_qemu_tls_server(
         cfg = BridgeConfig(host="127.0.0.1", port=port, tls_creds=qemu_pki.client_dir, reconnect=60)
         async with running_bridge(cfg) as ready:
             assert ready.pty_path is not None
-            async with open_pty_client(ready.pty_path) as tty:
+            async with open_pty(ready.pty_path) as tty:
                 await drive_qmp(tty)
                 await quit_qemu(tty, qemu, caplog)
             dn = re.escape(subject_dn(qemu_pki.server_dir / "server-cert.pem"))
-            await wait_for_log(
+            await wait_log(
                 caplog,
                 rf"^connected to 127\.0\.0\.1:{port}: TLSv1\.3 \S+, peer certificate '{dn}'",
             )
@@ -175,7 +167,7 @@ async def test_bridge_with_no_qemu_stall_workaround_gets_no_qmp_reply(qemu_pki: 
         )
         async with running_bridge(cfg) as ready:
             assert ready.pty_path is not None
-            async with open_pty_client(ready.pty_path) as tty:
+            async with open_pty(ready.pty_path) as tty:
                 greeting = await read_until(tty, b"\r\n", timeout=5)
                 assert greeting.startswith(b'{"QMP"')
                 await tty.send_all(QMP_CAPABILITIES)
@@ -207,7 +199,7 @@ async def test_bridge_client_reports_certificate_probably_rejected_by_qemu(
         with trio.fail_after(10):
             status = await run_bridge(cfg)
     assert status == 1
-    await wait_for_log(
+    await wait_log(
         caplog,
         rf"^disconnected from 127\.0\.0\.1:{port} after .*: 0 bytes sent, 0 bytes received;"
         r" remote failed: the server closed the connection right after the handshake"
@@ -246,10 +238,10 @@ async def test_qmp_through_bridge_server_from_qemu_tls_client(
             "-mon",
             "chardev=mon0,mode=control",
         ]
-        async with qemu_in_thread(args) as qemu, open_pty_client(ready.pty_path) as tty:
+        async with qemu_in_thread(args) as qemu, open_pty(ready.pty_path) as tty:
             await drive_qmp(tty)
             dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
-            await wait_for_log(
+            await wait_log(
                 caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 \S+, peer certificate '{dn}'"
             )
             await quit_qemu(tty, qemu, caplog)
@@ -298,7 +290,7 @@ async def test_bridges_pair_with_tls_roles_opposite_to_tcp_roles(
         )
         async with running_bridge(connector) as b:
             assert a.pty_path is not None and b.pty_path is not None
-            async with open_pty_client(a.pty_path) as tty_a, open_pty_client(b.pty_path) as tty_b:
+            async with open_pty(a.pty_path) as tty_a, open_pty(b.pty_path) as tty_b:
                 up, down = os.urandom(256 * 1024), os.urandom(256 * 1024)
                 at_b, at_a = await exchange(tty_a, tty_b, up, down)
                 assert sha256(at_b) == sha256(up)
@@ -306,8 +298,8 @@ async def test_bridges_pair_with_tls_roles_opposite_to_tcp_roles(
     client_dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
     server_dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
     # Each names the other's certificate: the TCP server got the TLS server's certificate.
-    await wait_for_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 .*'{server_dn}'")
-    await wait_for_log(caplog, rf"^connected to 127\.0\.0\.1:\d+: TLSv1\.3 .*'{client_dn}'")
+    await wait_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 .*'{server_dn}'")
+    await wait_log(caplog, rf"^connected to 127\.0\.0\.1:\d+: TLSv1\.3 .*'{client_dn}'")
 
 
 async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
@@ -326,7 +318,7 @@ async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
         with trio.fail_after(15):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path
-                async with open_pty_client(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
                     await app.send_all(b'{"execute":"qmp_capabilities"}\n')
                     assert await read_until(app, b"\r\n") == b'{"return": {}}\r\n'
@@ -364,4 +356,4 @@ async def test_qmp_on_qemu_pty_chardev_served_over_tls_by_a_tty_local_end(
                 reply = await read_until(stream, b"\r\n", timeout=5)
                 await stream.aclose()
     assert f'"filename": "pty:{path}"'.encode() in reply
-    await wait_for_log(caplog, rf"^session from {re.escape(me)}: TLSv1\.3 ")
+    await wait_log(caplog, rf"^session from {re.escape(me)}: TLSv1\.3 ")

@@ -28,9 +28,10 @@ from chardev_bridge.local.tty import (
     never_reopened,
     refuse_reopen,
 )
-from tests.bridges import open_pty_client, read_exactly, read_until, running_bridge
-from tests.conftest import PKI
-from tests.sessionkit import tcp_connect, wait_log
+from tests.support.bridges import running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import tcp_connect
+from tests.support.streams import open_pty, read_exactly, read_until
 
 
 async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ async def test_pty_restores_raw_mode_after_a_client_cooks_it() -> None:
     end = PtyEnd()
     await end.start()
     try:
-        async with open_pty_client(end.path) as app:
+        async with open_pty(end.path) as app:
             fd = os.open(end.path, os.O_RDWR | os.O_NOCTTY)
             attrs = termios.tcgetattr(fd)
             attrs[3] |= termios.ECHO | termios.ICANON
@@ -81,7 +82,7 @@ async def test_pty_remote_bytes_are_not_echoed_right_after_a_client_cooks_it() -
     end = PtyEnd()
     await end.start()
     try:
-        async with open_pty_client(end.path) as app:
+        async with open_pty(end.path) as app:
             with trio.fail_after(5):
                 await end.send_all(b"first")  # a write that finds the pty raw ...
                 assert await read_exactly(app, 5) == b"first"
@@ -107,7 +108,7 @@ async def test_pty_counts_bytes_written_as_a_reader_drains_them() -> None:
     try:
         payload = os.urandom(200_000)  # far more than the pty holds: many partial writes
         progress: list[int] = []
-        async with open_pty_client(end.path) as app, trio.open_nursery() as nursery:
+        async with open_pty(end.path) as app, trio.open_nursery() as nursery:
 
             async def slow_reader() -> None:
                 got = bytearray()
@@ -137,7 +138,7 @@ async def test_pty_writes_block_instead_of_dropping_when_unread() -> None:
                 await end.send_all(b"x" * 1024)
                 sent += 1024
         assert 0 < sent < 1024 * 1024  # it blocked: back-pressure, not a growing buffer
-        async with open_pty_client(end.path) as app:
+        async with open_pty(end.path) as app:
             got = await read_exactly(app, sent)
         assert got == b"x" * sent
     finally:
@@ -523,7 +524,7 @@ async def test_bytes_sent_just_before_the_remote_closes_reach_a_late_pty_reader(
         async def late_reader() -> None:
             await trio.sleep(0.3)  # the bridge has returned by now, and closes the pty
             assert ready[0].pty_path
-            async with open_pty_client(ready[0].pty_path) as app:
+            async with open_pty(ready[0].pty_path) as app:
                 got.append(await read_exactly(app, 5))
 
         nursery.start_soon(late_reader)

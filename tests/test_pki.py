@@ -20,7 +20,7 @@ from chardev_bridge.qemu import creds_cli, pki
 from chardev_bridge.qemu.authz import qemu_dn
 from chardev_bridge.qemu.credcheck import check_creds, has_errors
 from chardev_bridge.tls.setup import Endpoint
-from tests.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
+from tests.support.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
 
 LAYOUT = {
     "ca": {"ca-cert.pem", "ca-key.pem"},

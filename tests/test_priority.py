@@ -26,7 +26,7 @@ from chardev_bridge.qemu.priority import (
     read_priority_keywords,
     resolve_priority,
 )
-from tests.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
+from tests.support.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
 
 V12, V13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 NAMED = ["NORMAL", "SECURE128", "SECURE192", "SECURE256", "PFS", "PERFORMANCE"]

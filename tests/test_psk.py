@@ -27,10 +27,11 @@ from chardev_bridge.qemu.psk import describe_psk_failure
 from chardev_bridge.tls.errors import describe_tls_error
 from chardev_bridge.tls.setup import Endpoint, TLSSetup
 from chardev_bridge.tls.stream import TLSHandshakeError
-from tests.bridges import open_pty_client, read_until, running_bridge
-from tests.conftest import PKI
-from tests.peers import qemu_errors, qemu_load, require_tool
-from tests.procs import qemu_in_thread as qemu
+from tests.support.bridges import running_bridge
+from tests.support.certs import PKI
+from tests.support.peers import qemu_errors, qemu_load, require_tool
+from tests.support.peers import qemu_in_thread as qemu
+from tests.support.streams import open_pty, read_until
 
 KEY = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef")
 OTHER_KEY = bytes(range(32))
@@ -523,7 +524,7 @@ async def test_bridge_cli_config_carries_qmp_to_a_qemu_psk_server_through_its_pt
         with trio.fail_after(TIMEOUT):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path
-                async with open_pty_client(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
                     await app.send_all(b'{"execute":"qmp_capabilities"}\n')
                     assert await read_until(app, b"\r\n") == b'{"return": {}}\r\n'
@@ -545,7 +546,7 @@ async def test_qemu_psk_client_drives_qmp_through_a_listening_bridge_pty(
         async with running_bridge(cfg) as ready:
             assert ready.pty_path
             vm_args = qemu_psk_client(keys_dir, ready.ports[0], "alice")
-            async with open_pty_client(ready.pty_path) as app, qemu(vm_args):
+            async with open_pty(ready.pty_path) as app, qemu(vm_args):
                 assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
                 await app.send_all(b'{"execute":"qmp_capabilities","id":1}\n')
                 assert await read_until(app, b"\r\n") == b'{"return": {}, "id": 1}\r\n'
@@ -571,7 +572,7 @@ async def test_tls_username_from_the_command_line_picks_the_key(
         with trio.fail_after(TIMEOUT):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path
-                async with open_pty_client(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
     assert f"connected to 127.0.0.1:{port}: {CLIENT_VERSION}" in caplog.text
 

@@ -19,17 +19,17 @@ from chardev_bridge.bridge import session as session_module
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.sockets import UnixListenEnd
-from tests.bridges import open_pty_client, read_exactly, running_bridge
-from tests.conftest import PKI
-from tests.sessionkit import (
+from tests.support.bridges import running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import (
     HOST,
     TlsServer,
     client_context,
     server_context,
     tcp_connect,
     tls_connect,
-    wait_log,
 )
+from tests.support.streams import open_pty, read_exactly
 
 
 def _abort(sock: trio.socket.SocketType) -> None:
@@ -71,7 +71,7 @@ async def test_more_than_the_replay_cap_sent_to_a_rejecting_server_reaches_the_n
         with trio.fail_after(30):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
-                async with open_pty_client(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     nursery.start_soon(app.send_all, payload)
                     first = await server.accept()  # as QEMU: handshake, then authz says no
                     await trio.sleep(0.8)  # reading nothing

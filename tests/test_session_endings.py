@@ -26,18 +26,10 @@ from chardev_bridge.bridge.verdict import FailureKind
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.tls.stream import TLSHandshakeError, TLSStream
-from tests.bridges import read_exactly, running_bridge
-from tests.conftest import PKI
-from tests.sessionkit import (
-    HOST,
-    TlsServer,
-    client_context,
-    log_lines,
-    open_pty_app,
-    server_context,
-    tls_connect,
-    wait_log,
-)
+from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import HOST, TlsServer, client_context, server_context, tls_connect
+from tests.support.streams import open_pty, read_exactly
 
 
 async def _tls_connect_or_refused(port: int, pki: PKI) -> str | None:
@@ -130,7 +122,7 @@ async def test_idle_timeout_spares_a_slow_but_steady_reader(
     got = bytearray()
 
     async def slow_reader() -> None:
-        app = open_pty_app(pty.path)
+        app = open_pty(pty.path)
         try:
             while len(got) < len(payload):  # about 20 KiB/s: 4.8 s for the burst
                 got.extend(await app.receive_some(2048))
@@ -226,7 +218,7 @@ async def test_bytes_typed_while_a_server_rejects_us_after_the_handshake_are_not
             )
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
-                app = open_pty_app(ready.pty_path)
+                app = open_pty(ready.pty_path)
                 await app.send_all(typed)
                 while len(attempts) < 3:
                     await trio.sleep(0.05)
@@ -360,7 +352,7 @@ async def test_a_server_that_read_our_bytes_and_sent_close_notify_gets_none_agai
             )  # fmt: skip
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
-                app = open_pty_app(ready.pty_path)
+                app = open_pty(ready.pty_path)
                 first = await server.accept()
                 await app.send_all(b"quit\n")
                 assert await read_exactly(first, 5) == b"quit\n"

@@ -27,23 +27,19 @@ from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.common.backoff import Backoff, RepeatFilter
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.tls.errors import REFUSED
-from tests.bridges import read_exactly, read_until, running_bridge
-from tests.conftest import PKI
-from tests.sessionkit import (
+from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import (
     HOST,
     TlsServer,
-    cli_bridge,
     client_context,
     free_port,
-    log_lines,
-    open_pty_app,
-    poll_flags,
-    read_to_eof,
     server_context,
     tcp_connect,
     tls_connect,
-    wait_log,
 )
+from tests.support.procs import cli_bridge
+from tests.support.streams import open_pty, poll_flags, read_exactly, read_to_eof, read_until
 
 MiB = 1 << 20
 
@@ -80,12 +76,6 @@ def segments(received: bytes | bytearray, payload: bytes) -> list[tuple[int, int
 
 def sha(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    return caplog
 
 
 # -- backoff and log rate ---------------------------------------------------------------------
@@ -213,7 +203,7 @@ async def test_pty_and_link_survive_reconnects_and_bytes_written_while_down_arri
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
                 path = ready.pty_path
-                app = open_pty_app(path)
+                app = open_pty(path)
                 async with app, trio.open_nursery() as writers:
                     for round_ in range(4):
                         conn = await server.accept()
@@ -265,7 +255,7 @@ async def test_when_disconnected_drop_discards_and_counts_bytes_written_while_do
         with trio.fail_after(30):
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path is not None
-                async with open_pty_app(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     for round_ in range(rounds):
                         conn = await server.accept()
                         await wait_log(info_logs, r"^connected to", count=round_ + 1)
@@ -312,7 +302,7 @@ async def test_when_unread_buffer_keeps_the_remote_flowing_and_keeps_the_newest_
                 found = log_lines(info_logs, r"bytes were dropped from the scrollback in all$")
                 return int(found[-1].split("; ")[1].split()[0]) if found else -len(payload)
 
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 # Read until every byte is either here or counted as dropped.
                 while len(received) + dropped_in_all() < len(payload):
                     with trio.move_on_after(0.2):
@@ -352,7 +342,7 @@ async def test_a_bridge_that_ends_delivers_its_scrollback_to_a_late_reader_first
             await conn.send_all(payload)
             await conn.aclose()
             await wait_log(info_logs, r"^disconnected from ")
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 got = await read_exactly(app, len(payload))
             while not codes:
                 await trio.sleep(0.05)
@@ -407,7 +397,7 @@ async def test_when_unread_block_backpressures_the_remote_warns_and_loses_nothin
                 stalled_at = sent
                 await trio.sleep(0.5)
                 assert sent == stalled_at < len(payload) // 2, (sent, stalled_at)
-                async with open_pty_app(ready.pty_path) as app:
+                async with open_pty(ready.pty_path) as app:
                     got = 0
                     while got < len(payload):
                         chunk = await app.receive_some(MiB)
@@ -429,7 +419,7 @@ async def test_second_client_reject_refuses_the_newcomer_and_keeps_the_session(
         async with running_bridge(serving(pki)) as ready:
             assert ready.pty_path is not None
             first, first_name = await tls_connect(ready.ports[0], client_context(pki.client_dir))
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 await first.send_all(b"before\n")
                 assert await read_until(app, b"before\n") == b"before\n"
                 tcp, second_name = await tcp_connect(ready.ports[0])
@@ -460,7 +450,7 @@ async def test_second_client_replace_hands_over_without_losing_or_repeating_a_by
             assert ready.pty_path is not None
             ctx = client_context(pki.client_dir)
             old, old_name = await tls_connect(ready.ports[0], ctx)
-            async with open_pty_app(ready.pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
                 # The old client's own bytes reach the application before the takeover.
                 await old.send_all(b"old says hi\n")
                 assert await read_until(app, b"old says hi\n") == b"old says hi\n"
@@ -499,7 +489,7 @@ async def test_idle_timeout_ends_only_an_idle_session(
         async with running_bridge(serving(pki, idle_timeout=1.0)) as ready:
             assert ready.pty_path is not None
             conn, name = await tls_connect(ready.ports[0], client_context(pki.client_dir))
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 # Busy for 1.5 s with gaps shorter than the timeout: the session stays.
                 for i in range(6):
                     await conn.send_all(b"%d\n" % i)
@@ -525,7 +515,7 @@ async def test_handshake_timeout_drops_a_silent_client_while_a_good_one_gets_thr
             assert ready.pty_path is not None
             silent, silent_name = await tcp_connect(ready.ports[0])
             good, _ = await tls_connect(ready.ports[0], client_context(pki.client_dir))
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 payload = os.urandom(256 * 1024)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(good.send_all, payload)
@@ -567,7 +557,7 @@ async def test_a_dead_remote_does_not_hold_the_line_while_the_pty_is_unread(
                 pytest.fail(f"the next client was refused: {log_lines(info_logs, '^refused')}")
             await new.send_all(b"the next client\n")
             await wait_log(info_logs, "^session from " + re.escape(new_name))
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 got = await read_until(app, b"the next client\n")
             await new.aclose()
     assert got.endswith(b"the next client\n")
@@ -589,7 +579,7 @@ async def test_sigterm_mid_transfer_delivers_in_flight_bytes_sends_close_notify_
             pty_path = await proc.pty_path()
             port = await proc.port()
             conn, _ = await tls_connect(port, client_context(pki.client_dir))
-            app = open_pty_app(pty_path)
+            app = open_pty(pty_path)
             written = 0
 
             async def write_forever() -> None:

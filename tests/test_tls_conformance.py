@@ -19,11 +19,12 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.tls.stream import TLSStream
-from tests.bridges import open_pty_client, read_until, running_bridge
-from tests.conftest import PKI
-from tests.peers import require_tool
-from tests.procs import Peer, capture_bridge_logs, running_peer, wait_for_log
-from tests.sessionkit import client_context
+from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import client_context
+from tests.support.peers import require_tool
+from tests.support.procs import Peer, running_peer
+from tests.support.streams import open_pty, read_until
 
 pytestmark = pytest.mark.interop
 
@@ -89,7 +90,7 @@ async def test_records_owed_to_a_peer_go_out_while_the_bridge_has_nothing_to_sen
         port = ready.ports[0]
         cmd = s_client_with_commands(openssl, pki.client_dir, port, version)
         async with running_peer(cmd, collect_stdout=True) as s_client:
-            await wait_for_log(caplog, r"^session from ")
+            await wait_log(caplog, r"^session from ")
             await seconds_until_output(s_client, "Verify return code: 0 (ok)")
             await s_client.stdin.send_all(command)
             waited = await seconds_until_output(s_client, answer)
@@ -98,12 +99,12 @@ async def test_records_owed_to_a_peer_go_out_while_the_bridge_has_nothing_to_sen
             if version == "-tls1_3":
                 # After a key update the session goes on under the new keys.
                 assert ready.pty_path is not None
-                async with open_pty_client(ready.pty_path) as tty:
+                async with open_pty(ready.pty_path) as tty:
                     await s_client.stdin.send_all(b"still here\n")
                     assert b"still here" in await read_until(tty, b"still here")
             else:
                 # s_client gives up on the refused renegotiation; the alert said why.
-                await wait_for_log(caplog, r"remote failed: .*handshake_failure")
+                await wait_log(caplog, r"remote failed: .*handshake_failure")
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ async def test_tampered_record_is_answered_with_bad_record_mac_alert(
         with pytest.raises(ssl.SSLError, match="ALERT_BAD_RECORD_MAC"):
             engine.read_plaintext()
         await client.aclose()
-        await wait_for_log(caplog, r"remote failed: .*bad record mac")
+        await wait_log(caplog, r"remote failed: .*bad record mac")
 
 
 async def _local_server_closing_at_eof(listener: trio.SocketListener) -> None:

@@ -12,7 +12,7 @@ import trio.testing
 from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
 from chardev_bridge.tls.engine import TLSEngine
 from chardev_bridge.tls.stream import TLSHandshakeError, TLSStream
-from tests.conftest import PKI
+from tests.support.certs import PKI
 
 
 def contexts(pki: PKI) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -20,17 +20,11 @@ from chardev_bridge.bridge.config import BridgeConfig, TrafficLogConfig
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.share.consolelog import ConsoleLog, hex_lines
-from tests.bridges import read_exactly, running_bridge
-from tests.conftest import PKI
-from tests.sessionkit import (
-    HOST,
-    cli_bridge,
-    client_context,
-    log_lines,
-    open_pty_app,
-    tls_connect,
-    wait_log,
-)
+from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.certs import PKI
+from tests.support.net import HOST, client_context, tls_connect
+from tests.support.procs import cli_bridge
+from tests.support.streams import open_pty, read_exactly
 
 HEX_LINE = re.compile(
     r"^(?P<stamp>\S+) (?P<dir>[<>]) (?P<offset>[0-9a-f]{4})  (?P<hex>(?:[0-9a-f]{2} )*[0-9a-f]{2})"
@@ -59,18 +53,12 @@ async def exchange(pki: PKI, cfg: BridgeConfig, to_remote: bytes, to_local: byte
     async with running_bridge(cfg) as ready:
         assert ready.pty_path is not None
         conn, _ = await tls_connect(ready.ports[0], client_context(pki.client_dir))
-        async with open_pty_app(ready.pty_path) as app, trio.open_nursery() as nursery:
+        async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
             nursery.start_soon(app.send_all, to_remote)
             nursery.start_soon(conn.send_all, to_local)
             assert sha(await read_exactly(conn, len(to_remote))) == sha(to_remote)
             assert sha(await read_exactly(app, len(to_local))) == sha(to_local)
         await conn.aclose()
-
-
-@pytest.fixture
-def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    return caplog
 
 
 async def test_raw_log_holds_exactly_what_went_to_the_remote(pki: PKI, tmp_path: Path) -> None:
@@ -212,7 +200,7 @@ async def test_bytes_dropped_while_disconnected_are_still_logged(
     with trio.fail_after(10):
         async with running_bridge(cfg) as ready:
             assert ready.pty_path is not None
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 await app.send_all(b"boot messages nobody is connected for\n")
                 await wait_log(info_logs, "^no remote connected: dropping local bytes")
                 while path.stat().st_size < 38:
@@ -228,7 +216,7 @@ async def test_cli_traffic_log_to_dev_full_keeps_forwarding(pki: PKI) -> None:
         async with cli_bridge(args) as proc:
             pty_path = await proc.pty_path()
             conn, _ = await tls_connect(await proc.port(), client_context(pki.client_dir))
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 nursery.start_soon(app.send_all, payload)
                 assert sha(await read_exactly(conn, len(payload))) == sha(payload)
                 nursery.start_soon(conn.send_all, payload)

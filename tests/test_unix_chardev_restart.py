@@ -13,9 +13,10 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from tests.bridges import read_until, running_bridge
-from tests.procs import qemu_in_thread
-from tests.sessionkit import HOST, read_to_eof, wait_log
+from tests.support.bridges import running_bridge, wait_log
+from tests.support.net import HOST
+from tests.support.peers import qemu_in_thread
+from tests.support.streams import read_to_eof, read_until
 
 pytestmark = pytest.mark.interop
 

@@ -24,18 +24,10 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.share.viewers import ViewersConfig
-from tests.bridges import read_exactly, running_bridge
-from tests.procs import sha256
-from tests.sessionkit import (
-    ENV,
-    HOST,
-    CliBridge,
-    cli_bridge,
-    free_port,
-    open_pty_app,
-    read_to_eof,
-    tcp_connect,
-)
+from tests.support.bridges import running_bridge
+from tests.support.net import HOST, free_port, tcp_connect
+from tests.support.procs import ENV, CliBridge, cli_bridge
+from tests.support.streams import open_pty, read_exactly, read_to_eof, sha256
 
 MiB = 1 << 20
 
@@ -72,7 +64,7 @@ async def test_two_viewers_get_the_replay_then_the_live_output_and_never_the_loc
         async with cli_bridge(serving(f"unix-listen:{path}", "--replay", "1K")) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app:
+            async with open_pty(pty_path) as app:
                 await remote.send_all(history)
                 assert sha256(await read_exactly(app, len(history))) == sha256(history)
                 one = await attach(path)
@@ -109,7 +101,7 @@ async def test_what_a_viewer_types_is_discarded_counted_and_never_reaches_the_re
         async with cli_bridge(serving(f"unix-listen:{path}")) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app:
+            async with open_pty(pty_path) as app:
                 viewer = await attach(path)
                 await proc.wait_for(r"viewer 1 attached")
                 await viewer.send_all(b"reboot\r\n")
@@ -136,7 +128,7 @@ async def test_a_viewer_that_never_reads_neither_slows_a_24_mib_burst_nor_anothe
         async with cli_bridge(serving(f"unix-listen:{path}", "--replay", "0")) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 # The same burst without viewers first: what "not slowed" is measured against.
                 began = trio.current_time()
                 nursery.start_soon(remote.send_all, burst)
@@ -190,7 +182,7 @@ async def test_memory_stays_bounded_with_16_stalled_viewers_and_a_pouring_remote
         async with cli_bridge(serving(f"unix-listen:{path}")) as proc:
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
-            async with open_pty_app(pty_path) as app, trio.open_nursery() as nursery:
+            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 await remote.send_all(b"warm up\n")
                 await read_exactly(app, 8)
                 stalled = [await attach(path, rcvbuf=4096) for _ in range(16)]
@@ -334,7 +326,7 @@ async def test_counters_for_a_status_endpoint_count_viewers_and_discarded_bytes(
         async with running_bridge(cfg) as ready:
             assert ready.share is not None and ready.pty_path is not None
             remote, _ = await tcp_connect(ready.ports[0])
-            async with open_pty_app(ready.pty_path) as app:
+            async with open_pty(ready.pty_path) as app:
                 stalled = await attach(path, rcvbuf=4096)
                 await stalled.send_all(b"ignored")
                 refused = await attach(path)

@@ -23,6 +23,7 @@ from typing import Any, cast
 import pytest
 import trio
 
+from chardev_bridge.common.starterror import StartError
 from chardev_bridge.serve.metrics import CONTENT_TYPE
 from chardev_bridge.serve.status import (
     StatusSpecError,
@@ -31,7 +32,6 @@ from chardev_bridge.serve.status import (
     serve_status,
 )
 from chardev_bridge.serve.statusmodel import BridgeStatus, ProcessStatus, status_json
-from chardev_bridge.common.starterror import StartError
 
 HOST = "127.0.0.1"
 

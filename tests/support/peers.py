@@ -15,10 +15,13 @@ import select
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 # Debian packages that ship each peer (see .ci/run).
 PACKAGES = {
@@ -30,6 +33,9 @@ PACKAGES = {
     "socat": "socat",
     "stunnel4": "stunnel4",
     "ss": "iproute2",
+    "systemd-socket-activate": "systemd",
+    "setpriv": "util-linux",
+    "make": "make",
 }
 
 
@@ -198,6 +204,37 @@ def tls_monitor_args(chardev_id: str, creds_id: str, *, authz: str | None = None
     return ["-chardev", spec, "-mon", f"chardev={chardev_id},mode=control"]
 
 
+def qemu_tls_server_args(server_dir: Path, *, authz: str | None = None) -> list[str]:
+    """QEMU as TLS server: a QMP monitor on chardev ``mon0`` (127.0.0.1, kernel-chosen port;
+    :meth:`Qemu.port` finds it) with the credentials of ``server_dir``."""
+    return [
+        *tls_creds_args("tls0", str(server_dir), "server"),
+        *tls_monitor_args("mon0", "tls0", authz=authz),
+    ]
+
+
+def qemu_tls_client_args(client_dir: Path, port: int) -> list[str]:
+    """QEMU as TLS client: a QMP monitor on a reconnecting client chardev to 127.0.0.1:port."""
+    chardev = f"socket,id=mon0,host=127.0.0.1,port={port},server=off,reconnect=1,tls-creds=tls0"
+    return [
+        *tls_creds_args("tls0", str(client_dir), "client"),
+        *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"],
+    ]
+
+
+def gnutls_cli_command(creds_dir: Path, port: int, *extra: str) -> list[str]:
+    """``gnutls-cli`` as a TLS client of 127.0.0.1:port with ``creds_dir``'s CA and client
+    certificate (run it with :data:`tests.support.procs.BASE_ENV`)."""
+    return [
+        require_tool("gnutls-cli"),
+        *["--x509cafile", str(creds_dir / "ca-cert.pem")],
+        *["--x509certfile", str(creds_dir / "client-cert.pem")],
+        *["--x509keyfile", str(creds_dir / "client-key.pem")],
+        *extra,
+        *["-p", str(port), "127.0.0.1"],
+    ]
+
+
 def qemu_load(args: Sequence[str]) -> tuple[int, str]:
     """Start QEMU with ``args``, let it load them, quit; (exit status, stderr)."""
     binary = require_qemu()
@@ -209,3 +246,16 @@ def qemu_load(args: Sequence[str]) -> tuple[int, str]:
         timeout=20,
     )
     return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+@asynccontextmanager
+async def qemu_in_thread(args: Sequence[str]) -> AsyncIterator[Qemu]:
+    """A :class:`Qemu` whose blocking start and stop run in a thread, so that an in-process
+    bridge keeps running meanwhile (QEMU may be connecting to it)."""
+    qemu = Qemu(args)
+    try:
+        await trio.to_thread.run_sync(qemu.__enter__)
+        yield qemu
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(qemu.close)

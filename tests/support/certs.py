@@ -1,19 +1,77 @@
-"""Craft deliberately odd certificates and credential dirs for the credentials tests."""
+"""Certificates for tests: throw-away PKIs from trustme laid out as QEMU credential
+directories, and deliberately odd certificates crafted extension by extension."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ObjectIdentifier
 
 from chardev_bridge.qemu import pki
+from chardev_bridge.qemu.authz import qemu_dn
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
+
+
+# -- trustme PKIs in QEMU's tls-creds-x509 layout -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PKI:
+    """A CA with a server dir and a client dir in QEMU's tls-creds-x509 layout."""
+
+    ca: trustme.CA
+    server_dir: Path
+    client_dir: Path
+
+
+def write_creds_dir(
+    directory: Path, ca: trustme.CA, endpoint: str, cert: trustme.LeafCert | None
+) -> Path:
+    """Write ``ca-cert.pem`` plus ``{endpoint}-cert.pem``/``-key.pem`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca.cert_pem.write_to_path(str(directory / "ca-cert.pem"))
+    if cert is not None:
+        chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+        (directory / f"{endpoint}-cert.pem").write_bytes(chain)
+        key = directory / f"{endpoint}-key.pem"
+        cert.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+    return directory
+
+
+def make_pki(
+    root: Path,
+    *,
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+    client_cn: str = "client.example.com",
+) -> PKI:
+    """A fresh CA, a server certificate for ``server_names`` and a client certificate."""
+    ca = trustme.CA(organization_name="chardev-bridge tests")
+    server = ca.issue_cert(*server_names, common_name="server.example.com")
+    client = ca.issue_cert(
+        "client.example.com", common_name=client_cn, organization_unit_name="clients"
+    )
+    return PKI(
+        ca=ca,
+        server_dir=write_creds_dir(root / "server", ca, "server", server),
+        client_dir=write_creds_dir(root / "client", ca, "client", client),
+    )
+
+
+def subject_dn(cert_pem: Path) -> str:
+    """The DN of a certificate file as the bridge logs it (QEMU's tls-authz format)."""
+    return qemu_dn(x509.load_pem_x509_certificate(cert_pem.read_bytes()).subject)
+
+
+# -- certificates with exactly the extensions a test asks for ----------------------------------
 
 
 def key_usage(*flags: str) -> x509.KeyUsage:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 import signal
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,19 +31,34 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki
 from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
 from chardev_bridge.qemu.priority import LOCAL_POLICY_FILE, parse_priority
-from tests.support.bridges import running_bridge
+from tests.support.bridges import running_bridge, wait_log
 from tests.support.certs import DAY, NOW, craft, write_dir
-from tests.support.peers import qemu_errors, qemu_load, require_tool, tls_creds_args
+from tests.support.peers import (
+    gnutls_cli_command,
+    qemu_errors,
+    qemu_load,
+    qemu_tls_client_args,
+    qemu_tls_server_args,
+    require_tool,
+    tls_creds_args,
+)
 from tests.support.peers import qemu_in_thread as qemu
-from tests.support.streams import open_pty, read_until
+from tests.support.procs import (
+    BASE_ENV,
+    ENV,
+    cli_bridge,
+    exit_status,
+    reap,
+    run_cli,
+    stderr_messages,
+)
+from tests.support.streams import assert_silent, open_pty, read_until
 
-SRC = Path(__file__).parents[1] / "src"
 # gnutls-cli and the bridge must not pick up a priority file from the test's environment.
-BASE_ENV = {k: v for k, v in os.environ.items() if k != "GNUTLS_SYSTEM_PRIORITY_FILE"}
-CLI_ENV = {**BASE_ENV, "PYTHONPATH": str(SRC)}
 GOOD_DN = "O=chardev-bridge,CN=client"  # pki.DEFAULT_CLIENT_DN
 SERVER_DN = "CN=localhost"  # what init_pki gives the server certificate
 PEER = r"127\.0\.0\.1:\d+"
+LISTENING = ["--server", "--host", "127.0.0.1", "--port", "0"]
 
 
 # --- credentials ------------------------------------------------------------------------------
@@ -99,41 +112,11 @@ def client_cfg(creds_dir: Path, port: int, **kw: object) -> BridgeConfig:
 # --- logs and bytes ---------------------------------------------------------------------------
 
 
-async def wait_for_log(caplog: pytest.LogCaptureFixture, pattern: str, timeout: float = 10) -> str:
-    """The first chardev_bridge log message matching ``pattern`` (regex), waiting for it."""
-    regex = re.compile(pattern)
-    with trio.move_on_after(timeout):
-        while True:
-            for record in caplog.records:
-                if record.name == "chardev_bridge" and regex.search(record.getMessage()):
-                    return record.getMessage()
-            await trio.sleep(0.02)
-    pytest.fail(f"no log line matching {pattern!r} within {timeout}s; log:\n{caplog.text}")
-
-
-async def assert_silent(stream: trio.abc.ReceiveStream, seconds: float = 0.5) -> None:
-    """Nothing arrives on ``stream`` for ``seconds``."""
-    with trio.move_on_after(seconds):
-        data = await stream.receive_some()
-        pytest.fail(f"bytes of a refused peer reached the local end: {data!r}")
-
-
 def serial_hex(leaf: pki.Issued) -> str:
     return f"{leaf.cert.serial_number:#x}"
 
 
 # --- peers ------------------------------------------------------------------------------------
-
-
-async def reap(proc: trio.Process) -> None:
-    """Kill ``proc`` if it still runs, wait for it and close our ends of its pipes."""
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                await pipe.aclose()
 
 
 @dataclass
@@ -166,22 +149,8 @@ class GnutlsCli:
 @asynccontextmanager
 async def gnutls_cli(port: int, creds_dir: Path, *extra: str) -> AsyncIterator[GnutlsCli]:
     """gnutls-cli as a TLS client of 127.0.0.1:port with ``creds_dir``'s client certificate."""
-    binary = require_tool("gnutls-cli")
-    cmd = [
-        binary,
-        "--x509cafile",
-        str(creds_dir / "ca-cert.pem"),
-        "--x509certfile",
-        str(creds_dir / "client-cert.pem"),
-        "--x509keyfile",
-        str(creds_dir / "client-key.pem"),
-        *extra,
-        "-p",
-        str(port),
-        "127.0.0.1",
-    ]
     proc = await trio.lowlevel.open_process(
-        cmd,
+        gnutls_cli_command(creds_dir, port, *extra),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -191,24 +160,6 @@ async def gnutls_cli(port: int, creds_dir: Path, *extra: str) -> AsyncIterator[G
         yield GnutlsCli(proc, bytearray())
     finally:
         await reap(proc)
-
-
-def qemu_client_args(creds_dir: Path, port: int) -> list[str]:
-    """QEMU as TLS client: a QMP monitor on a reconnecting client chardev to the bridge."""
-    chardev = f"socket,id=mon0,host=127.0.0.1,port={port},server=off,reconnect=1,tls-creds=tls0"
-    return [
-        *tls_creds_args("tls0", str(creds_dir), "client"),
-        *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"],
-    ]
-
-
-def qemu_server_args(creds_dir: Path) -> list[str]:
-    """QEMU as TLS server: a QMP monitor on 127.0.0.1, kernel-chosen port."""
-    chardev = "socket,id=mon0,host=127.0.0.1,port=0,server=on,wait=off,tls-creds=tls0"
-    return [
-        *tls_creds_args("tls0", str(creds_dir), "server"),
-        *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"],
-    ]
 
 
 async def qmp_round_trip(app: trio.abc.Stream) -> None:
@@ -244,74 +195,6 @@ async def denied_gnutls_client(
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def bridge_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "chardev_bridge", *args]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the bridge CLI to completion (start-up failures)."""
-    return subprocess.run(
-        bridge_cmd(*args),
-        env=env or CLI_ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def log_lines(stderr: str) -> list[str]:
-    """The messages of the CLI's log lines (without the timestamp prefix)."""
-    return [line.split(" chardev-bridge: ", 1)[-1] for line in stderr.splitlines() if line]
-
-
-@dataclass
-class CliBridge:
-    proc: trio.Process
-    port: int
-    pty_path: str
-    stderr: bytearray
-
-
-@asynccontextmanager
-async def cli_server(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[CliBridge]:
-    """``python -m chardev_bridge --server --host 127.0.0.1 --port 0 ARGS`` in the background."""
-    proc = await trio.lowlevel.open_process(
-        bridge_cmd("--server", "--host", "127.0.0.1", "--port", "0", *args),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env or CLI_ENV,
-    )
-    stderr = bytearray()
-
-    async def drain() -> None:
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.receive_some():
-            stderr.extend(chunk)
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            assert proc.stdout is not None
-            try:
-                line = await read_until(proc.stdout, b"\n", timeout=15)
-            except EOFError:
-                await proc.wait()
-                pytest.fail(f"bridge exited with {proc.returncode}: {stderr.decode()}")
-            assert line.startswith(b"pty: /dev/pts/"), line
-            with trio.fail_after(5):
-                while not (found := re.search(rb"listening on 127\.0\.0\.1:(\d+) \(TLS\)", stderr)):
-                    await trio.sleep(0.02)
-            yield CliBridge(proc, int(found.group(1)), line[5:].decode().strip(), stderr)
-            proc.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
-                await proc.wait()
-            nursery.cancel_scope.cancel()
-    finally:
-        await reap(proc)
-
-
 # === revocation ===============================================================================
 
 
@@ -335,7 +218,7 @@ async def test_crl_refuses_revoked_gnutls_cli_and_admits_a_good_one(
                 code, output = await denied_gnutls_client(
                     port, creds.other, app, "--priority", priority
                 )
-                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                line = (await wait_log(caplog, rf"denied {PEER}: "))[0]
                 assert (
                     f"certificate 'O=chardev-bridge,CN=revoked' serial"
                     f" {serial_hex(creds.other_leaf)} is revoked (since " in line
@@ -363,14 +246,14 @@ async def test_crl_refuses_revoked_qemu_client_and_admits_a_good_one(
             async with open_pty(bridge.pty_path) as app:
                 # QEMU sends its QMP greeting as soon as its handshake is done: it must not
                 # reach the pty.
-                async with qemu(qemu_client_args(creds.other, port)):
-                    line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                async with qemu(qemu_tls_client_args(creds.other, port)):
+                    line = (await wait_log(caplog, rf"denied {PEER}: "))[0]
                     await assert_silent(app)
                 assert (
                     f"certificate 'O=chardev-bridge,CN=revoked' serial"
                     f" {serial_hex(creds.other_leaf)} is revoked" in line
                 ), line
-                async with qemu(qemu_client_args(creds.client, port)):
+                async with qemu(qemu_tls_client_args(creds.client, port)):
                     await qmp_round_trip(app)
     assert re.search(rf"session from {PEER}: TLSv1\.3 .*'{GOOD_DN}'", caplog.text)
 
@@ -389,7 +272,7 @@ async def test_crl_past_next_update_still_revokes_like_qemu(
     (creds.server / "ca-crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     with trio.fail_after(30):
         # QEMU itself: still enforces the stale CRL, and still lets a good client in.
-        async with qemu(qemu_server_args(creds.server)) as vm:
+        async with qemu(qemu_tls_server_args(creds.server)) as vm:
             qemu_port = await trio.to_thread.run_sync(vm.port, "mon0")
             async with gnutls_cli(qemu_port, creds.other) as cli:
                 _, output = await cli.finish()
@@ -401,7 +284,7 @@ async def test_crl_past_next_update_still_revokes_like_qemu(
             port = bridge.ports[0]
             async with open_pty(bridge.pty_path) as app:
                 await denied_gnutls_client(port, creds.other, app)
-                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                line = (await wait_log(caplog, rf"denied {PEER}: "))[0]
                 assert f"serial {serial_hex(creds.other_leaf)} is revoked" in line, line
                 await good_gnutls_client_crosses(port, creds.client, app)
     assert re.search(
@@ -424,7 +307,7 @@ async def test_tls_authz_glob_with_gnutls_cli(
             assert bridge.pty_path
             async with open_pty(bridge.pty_path) as app:
                 await denied_gnutls_client(bridge.ports[0], creds.other, app)
-                line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                line = (await wait_log(caplog, rf"denied {PEER}: "))[0]
                 assert line.endswith(
                     ": not allowed: 'O=Elsewhere,CN=client' denied by the default policy"
                 ), line
@@ -444,13 +327,13 @@ async def test_tls_authz_glob_with_qemu_client(
             assert bridge.pty_path
             port = bridge.ports[0]
             async with open_pty(bridge.pty_path) as app:
-                async with qemu(qemu_client_args(creds.other, port)):
-                    line = await wait_for_log(caplog, rf"denied {PEER}: ")
+                async with qemu(qemu_tls_client_args(creds.other, port)):
+                    line = (await wait_log(caplog, rf"denied {PEER}: "))[0]
                     await assert_silent(app)
                 assert line.endswith(
                     "not allowed: 'O=chardev-bridge,CN=intruder' denied by the default policy"
                 ), line
-                async with qemu(qemu_client_args(creds.client, port)):
+                async with qemu(qemu_tls_client_args(creds.client, port)):
                     await qmp_round_trip(app)
 
 
@@ -467,14 +350,16 @@ async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
     authz = tmp_path / "authz.json"
     authz.write_text(json.dumps(rules))
     with trio.fail_after(30):
-        async with (
-            cli_server("--tls-creds", str(creds.server), "--tls-authz-file", str(authz)) as bridge,
-            open_pty(bridge.pty_path) as app,
-        ):
-            await denied_gnutls_client(bridge.port, creds.other, app)
-            await good_gnutls_client_crosses(bridge.port, creds.client, app)
-    assert bridge.proc.returncode == 0
-    lines = log_lines(bridge.stderr.decode())
+        async with cli_bridge(
+            [*LISTENING, "--tls-creds", str(creds.server), "--tls-authz-file", str(authz)]
+        ) as bridge:
+            pty_path, port = await bridge.pty_path(), await bridge.port()
+            async with open_pty(pty_path) as app:
+                await denied_gnutls_client(port, creds.other, app)
+                await good_gnutls_client_crosses(port, creds.client, app)
+            bridge.signal(signal.SIGTERM)
+            assert await exit_status(bridge) == 0
+    lines = stderr_messages(bridge.log())
     denied = [line for line in lines if line.startswith("denied ")]
     assert len(denied) == 1, lines
     assert denied[0].endswith(
@@ -519,7 +404,7 @@ async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
     authz = tmp_path / "authz.json"
     authz.write_text(json.dumps({"rules": [{"match": SERVER_DN, "policy": "deny"}]}))
     with trio.fail_after(30):
-        async with qemu(qemu_server_args(creds.server)) as vm:
+        async with qemu(qemu_tls_server_args(creds.server)) as vm:
             port = await trio.to_thread.run_sync(vm.port, "mon0")
             cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,*",))
             assert await run_bridge(cfg) == 1
@@ -557,7 +442,7 @@ def test_allow_list_without_peer_verification_is_refused_at_start(
         *["--no-verify-peer", *args],
     )
     assert proc.returncode == 1, proc.stderr
-    assert log_lines(proc.stderr)[-1] == (
+    assert stderr_messages(proc.stderr)[-1] == (
         "an allow-list (--tls-authz) needs peer verification on"
     ), proc.stderr
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
@@ -619,7 +504,7 @@ async def test_tls13_only_refuses_a_tls12_only_gnutls_cli_with_a_reason(
                 code, output = await denied_gnutls_client(
                     bridge.ports[0], creds.client, app, "--priority", "NORMAL:-VERS-TLS1.3"
                 )
-            line = await wait_for_log(caplog, rf"TLS handshake with {PEER} failed: ")
+            line = (await wait_log(caplog, rf"TLS handshake with {PEER} failed: "))[0]
     assert line.endswith("failed: no TLS version in common with the peer"), line
     assert code != 0 and "Handshake was completed" not in output
     assert "protocol version" in output.lower(), output  # gnutls-cli got the alert
@@ -645,7 +530,7 @@ def test_unmappable_priority_fails_at_start_naming_the_token(tmp_path: Path) -> 
         *["--tls-priority", text],
     )
     assert proc.returncode == 1, proc.stderr
-    lines = log_lines(proc.stderr)
+    lines = stderr_messages(proc.stderr)
     assert lines[-1] == "priority token '+CAMELLIA-128-CBC' cannot be mapped onto OpenSSL", lines
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
 
@@ -660,10 +545,10 @@ def test_unmappable_application_policy_entry_fails_at_start_naming_file_and_toke
     policy.write_text("[priorities]\nCHARDEV_BRIDGE = SECURE128:-VERS-TLS1.2:%PROFILE_HIGH\n")
     proc = run_cli(
         *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
-        env={**CLI_ENV, "GNUTLS_SYSTEM_PRIORITY_FILE": str(policy)},
+        env={**ENV, "GNUTLS_SYSTEM_PRIORITY_FILE": str(policy)},
     )
     assert proc.returncode == 1, proc.stderr
-    assert log_lines(proc.stderr)[-1] == (
+    assert stderr_messages(proc.stderr)[-1] == (
         f"{policy} (CHARDEV_BRIDGE): priority flag '%PROFILE_HIGH' cannot be mapped onto OpenSSL"
     ), proc.stderr
 
@@ -688,11 +573,14 @@ async def test_encrypted_server_key_with_password_file_via_cli(
     password.write_bytes(PASSWORD + b"\n")  # a trailing newline, as `echo` writes it
     args = ["--tls-creds", str(encrypted.server), "--tls-key-password-file", str(password)]
     with trio.fail_after(30):
-        async with cli_server(*args) as bridge, open_pty(bridge.pty_path) as app:
-            output = await good_gnutls_client_crosses(bridge.port, encrypted.other, app)
+        async with cli_bridge([*LISTENING, *args]) as bridge:
+            pty_path, port = await bridge.pty_path(), await bridge.port()
+            async with open_pty(pty_path) as app:
+                output = await good_gnutls_client_crosses(port, encrypted.other, app)
+            bridge.signal(signal.SIGTERM)
+            assert await exit_status(bridge) == 0
     assert b"- Handshake was completed" in output
-    assert bridge.proc.returncode == 0
-    assert "peer certificate 'O=chardev-bridge,CN=plain'" in bridge.stderr.decode()
+    assert "peer certificate 'O=chardev-bridge,CN=plain'" in bridge.log()
 
 
 def _qemu_key_error(creds_dir: Path, secret: str | None) -> list[str]:
@@ -726,7 +614,7 @@ def test_encrypted_key_problems_fail_at_start_in_one_line(
     assert proc.returncode == 1, proc.stderr
     d = encrypted.server
     expected = f"Cannot load certificate '{d}/server-cert.pem' & key '{d}/server-key.pem': {hint}"
-    assert log_lines(proc.stderr) == [expected], proc.stderr
+    assert stderr_messages(proc.stderr) == [expected], proc.stderr
     # QEMU (with a wrong secret, or without passwordid) says the same, minus our hint.
     qemu_says = _qemu_key_error(d, None if password is None else password.decode().strip())
     assert qemu_says and all(expected.startswith(m.rstrip(".")) for m in qemu_says), qemu_says
@@ -760,7 +648,7 @@ def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, build: ob
     assert code == 1 and qemu_says == [expected], stderr
     proc = run_cli("--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(directory))
     assert proc.returncode == 1, proc.stderr
-    lines = log_lines(proc.stderr)
+    lines = stderr_messages(proc.stderr)
     assert expected in lines, lines
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
 
@@ -779,7 +667,7 @@ async def _aes128_only_client_then_a_good_one(
                 code, _ = await denied_gnutls_client(
                     bridge.ports[0], creds.client, app, "--priority", only_aes128
                 )
-                line = await wait_for_log(caplog, rf"{refusal} {PEER}")
+                line = (await wait_log(caplog, rf"{refusal} {PEER}"))[0]
                 output = await good_gnutls_client_crosses(bridge.ports[0], creds.client, app)
     return code, line, output
 

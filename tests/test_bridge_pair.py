@@ -15,6 +15,7 @@ from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from tests.support.bridges import running_bridge
 from tests.support.certs import PKI
+from tests.support.net import free_port
 from tests.support.streams import open_pty, read_exactly, read_until
 
 SIZE = 32 * 1024 * 1024
@@ -41,7 +42,7 @@ def client_config(pki: PKI, port: int, local: LocalSpec, **kw: object) -> Bridge
     )
 
 
-async def exchange(stream: trio.SocketStream, payload: bytes) -> bytes:
+async def send_and_read_to_eof(stream: trio.SocketStream, payload: bytes) -> bytes:
     """Send ``payload`` then EOF while reading everything the other side sends until EOF."""
     received = bytearray()
 
@@ -77,7 +78,7 @@ async def test_carries_32_mib_each_way_at_once_then_eof(
                 results: dict[str, bytes] = {}
 
                 async def run(name: str, stream: trio.SocketStream, payload: bytes) -> None:
-                    results[name] = await exchange(stream, payload)
+                    results[name] = await send_and_read_to_eof(stream, payload)
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run, "client", client_app, up)
@@ -153,10 +154,7 @@ async def test_max_sessions_gives_each_local_client_its_own_tls_session(
         )
         with trio.fail_after(20):
             async with running_bridge(server_cfg) as server:
-                probe = trio.socket.socket()
-                await probe.bind(("127.0.0.1", 0))
-                local_port = probe.getsockname()[1]
-                probe.close()
+                local_port = free_port()
                 client_cfg = client_config(
                     pki,
                     server.ports[0],
@@ -169,7 +167,7 @@ async def test_max_sessions_gives_each_local_client_its_own_tls_session(
                     results: dict[int, bytes] = {}
 
                     async def run(i: int) -> None:
-                        results[i] = await exchange(apps[i], payloads[i])
+                        results[i] = await send_and_read_to_eof(apps[i], payloads[i])
 
                     async with trio.open_nursery() as clients:
                         for i in range(3):

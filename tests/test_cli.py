@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,18 +14,8 @@ import pytest
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec, parse_local_spec
 from tests.support.certs import PKI
-
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-
-
-def bridge_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "chardev_bridge", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.net import free_port
+from tests.support.procs import ENV, bridge_cmd
 
 
 def test_defaults_follow_qemu_server_and_client_roles() -> None:

@@ -1,6 +1,6 @@
 """The command line's documented contract, run as a user runs it: real processes
 (``python -m chardev_bridge``, the console script, ``python -m chardev_bridge.demo``) against
-TLS peers written with the standard library (tests/sessionkit.py), on 127.0.0.1 only.
+TLS peers written with the standard library (tests/support/net.py), on 127.0.0.1 only.
 
 Log lines are matched whole: ``<asctime> chardev-bridge: <message>``.
 """
@@ -8,7 +8,6 @@ Log lines are matched whole: ``<asctime> chardev-bridge: <message>``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.metadata
 import os
 import re
@@ -23,64 +22,36 @@ import pytest
 import trio
 
 from chardev_bridge import __version__
-from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.remote import start_session
 from chardev_bridge.bridge.slots import MAX_PENDING_HANDSHAKES
-from chardev_bridge.cli import build_parser, config_from_args
+from tests.support.bridges import cli_config
 from tests.support.certs import PKI, make_pki, write_creds_dir
 from tests.support.net import (
     HOST,
     TlsServer,
     client_context,
+    expect_failed_handshake,
     free_port,
     server_context,
     tcp_connect,
     tls_connect,
 )
 from tests.support.peers import require_tool
-from tests.support.procs import ENV, CliBridge, cli_bridge
-from tests.support.streams import open_pty, read_exactly, read_to_eof
+from tests.support.procs import ENV, LINE, bridge_cmd, cli_bridge, exit_status, socket_count
+from tests.support.streams import exchange, open_pty, read_to_eof, sha256
 
 MiB = 1 << 20
+
+
 # How every stderr line starts after the timestamp (cli.py's logging format).
-LINE = r" chardev-bridge: "
-
-
-def sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def bridge_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "chardev_bridge", *args]
-
-
 async def exchange_through_pty(
     remote: trio.abc.Stream, pty_path: str, size: int = 64 * 1024
 ) -> tuple[bool, bool]:
     """Random bytes pty → remote and remote → pty at once; whether each arrived intact."""
     up, down = os.urandom(size), os.urandom(size)
-    results: dict[str, bytes] = {}
     async with open_pty(pty_path) as app:
-
-        async def collect(name: str, stream: trio.abc.ReceiveStream) -> None:
-            results[name] = await read_exactly(stream, size, timeout=15)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, "at_remote", remote)
-            nursery.start_soon(collect, "at_pty", app)
-            nursery.start_soon(app.send_all, up)
-            nursery.start_soon(remote.send_all, down)
-    return sha(results["at_remote"]) == sha(up), sha(results["at_pty"]) == sha(down)
-
-
-async def expect_failed_handshake(server: TlsServer) -> None:
-    """Accept the bridge's connection on ``server``; its TLS handshake must fail."""
-    with pytest.raises(trio.BrokenResourceError):
-        await server.accept()
-
-
-async def exit_status(bridge: CliBridge, timeout: float = 15) -> int:
-    return await trio.to_thread.run_sync(bridge.wait, timeout)
+        at_remote, at_pty = await exchange(app, remote, up, down)
+    return sha256(at_remote) == sha256(up), sha256(at_pty) == sha256(down)
 
 
 # -- 1. the console script ---------------------------------------------------------------------
@@ -180,7 +151,7 @@ async def test_stdio_bridge_delivers_piped_stdin_exactly_then_close_notify_and_e
                     proc.kill()
             nursery.cancel_scope.cancel()
     log = err.decode()
-    assert len(received) == len(payload) and sha(received) == sha(payload)
+    assert len(received) == len(payload) and sha256(received) == sha256(payload)
     assert how == "clean"  # TLS close_notify, not a ragged TCP close
     assert code == 0, log
     assert out == b""
@@ -372,7 +343,7 @@ async def test_sigint_mid_session_delivers_in_flight_bytes_then_close_notify(
     taken = logfile.read_bytes()
     assert how == "clean"  # close_notify
     assert code == 0
-    assert len(received) == len(taken) and sha(received) == sha(taken)
+    assert len(received) == len(taken) and sha256(received) == sha256(taken)
     assert len(received) >= stalled_at > 0 and received == payload[: len(received)]
     assert not link.exists() and not link.is_symlink()
     log = bridge.log()
@@ -386,17 +357,6 @@ async def test_sigint_mid_session_delivers_in_flight_bytes_then_close_notify(
 
 
 # -- 8. the cap on concurrent handshakes -------------------------------------------------------
-
-
-def socket_count(pid: int) -> int:
-    """Sockets a process has open (from /proc/PID/fd)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass  # closed meanwhile
-    return count
 
 
 async def test_65th_concurrent_handshake_is_refused_and_a_good_client_gets_through_later(
@@ -489,12 +449,8 @@ async def test_every_session_socket_gets_keepalive_60_10_6_and_no_nagle() -> Non
 # -- 10. argument parsing of the issue-4 options -----------------------------------------------
 
 
-def parse(*argv: str) -> BridgeConfig:
-    return config_from_args(build_parser().parse_args(list(argv)))
-
-
 def test_issue_4_option_defaults() -> None:
-    cfg = parse()
+    cfg = cli_config()
     assert cfg.handshake_timeout == 10
     assert cfg.reconnect_max == 30
     assert cfg.reconnect is None and cfg.idle_timeout is None
@@ -525,7 +481,7 @@ def test_issue_4_option_defaults() -> None:
 def test_issue_4_option_is_parsed_into_the_config(
     argv: list[str], field: str, value: object
 ) -> None:
-    assert getattr(parse(*argv), field) == value
+    assert getattr(cli_config(*argv), field) == value
 
 
 async def test_a_real_bridge_starts_with_every_issue_4_option_and_exits_0_on_sigterm() -> None:

@@ -18,13 +18,14 @@ from chardev_bridge.qemu.credcheck import Finding, check_creds, guess_endpoint, 
 from tests.support.certs import DAY, NOW, craft, write_dir
 from tests.support.peers import (
     Qemu,
+    gnutls_cli_command,
     qemu_errors,
     qemu_load,
+    qemu_tls_server_args,
     require_qemu,
-    require_tool,
     tls_creds_args,
-    tls_monitor_args,
 )
+from tests.support.procs import BASE_ENV
 
 SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
 CLIENT_EKU = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -384,22 +385,10 @@ def test_rejects_x942_dh_params_gnutls_cannot_read(tmp_path: Path) -> None:
 
 
 def _client_reaches_qmp(server_dir: Path, client_dir: Path) -> bool:
-    gnutls_cli = require_tool("gnutls-cli")
-    args = tls_creds_args("tls0", str(server_dir), "server") + tls_monitor_args("mon0", "tls0")
-    with Qemu(args) as qemu:
+    with Qemu(qemu_tls_server_args(server_dir)) as qemu:
         proc = subprocess.run(
-            [
-                gnutls_cli,
-                "--x509cafile",
-                str(client_dir / "ca-cert.pem"),
-                "--x509certfile",
-                str(client_dir / "client-cert.pem"),
-                "--x509keyfile",
-                str(client_dir / "client-key.pem"),
-                "-p",
-                str(qemu.port("mon0")),
-                "127.0.0.1",
-            ],
+            gnutls_cli_command(client_dir, qemu.port("mon0")),
+            env=BASE_ENV,
             input=b"",
             capture_output=True,
             timeout=10,

@@ -24,29 +24,20 @@ from chardev_bridge.qemu import pki as pkimod
 from chardev_bridge.qemu.creds_cli import _parser as creds_parser
 from tests.support.certs import PKI, make_pki
 from tests.support.net import HOST, TlsServer, expect_failed_handshake, free_port, server_context
-from tests.support.peers import Qemu, require_qemu, require_tool, tls_creds_args, tls_monitor_args
-from tests.support.procs import ENV, LINE, bridge_cmd, cli_bridge, exit_status
+from tests.support.peers import Qemu, qemu_tls_server_args, require_qemu, require_tool
+from tests.support.procs import (
+    ENV,
+    LINE,
+    ROOT,
+    bridge_cmd,
+    cli_bridge,
+    exit_status,
+    run_cli,
+    stderr_messages,
+)
 from tests.support.streams import open_pty
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m chardev_bridge ARGS`` to its end."""
-    return subprocess.run(
-        bridge_cmd(*args),
-        env=ENV,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def messages(stderr: str) -> list[str]:
-    """The log messages of a bridge's stderr, without their timestamps."""
-    return [line.split(LINE, 1)[1] for line in stderr.splitlines() if LINE in line]
+README = (ROOT / "README.md").read_text()
 
 
 @pytest.fixture
@@ -65,10 +56,10 @@ def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
     pki_root: Path, listen: bool, role: str
 ) -> None:
     args = ["--server", "--port", "0"] if listen else ["--host", HOST, "--port", str(free_port())]
-    proc = run(*args, "--tls-creds", str(pki_root))
+    proc = run_cli(*args, "--tls-creds", str(pki_root))
     assert proc.returncode == 1, proc.stderr
     why = "it listens: --server" if listen else "it connects: no --server"
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--tls-creds {pki_root} is the root that `creds init` made, not a credentials"
         f" directory: as the TLS {role} ({why}) this bridge needs --tls-creds {pki_root / role}"
     ]
@@ -77,15 +68,15 @@ def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
 
 def test_a_missing_credentials_directory_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-pki"
-    proc = run("--server", "--port", "0", "--tls-creds", str(missing))
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(missing))
     assert proc.returncode == 1
-    assert messages(proc.stderr) == [f"--tls-creds {missing}: no such directory"]
+    assert stderr_messages(proc.stderr) == [f"--tls-creds {missing}: no such directory"]
 
 
 def test_the_ca_directory_is_refused_keeping_its_key_off_the_bridge(pki_root: Path) -> None:
-    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "ca"))
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(pki_root / "ca"))
     assert proc.returncode == 1
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--tls-creds {pki_root}/ca is the CA directory `creds init` made (it holds the CA's"
         " private key; keep it off the bridge): as the TLS server (it listens: --server) this"
         f" bridge needs --tls-creds {pki_root}/server"
@@ -100,12 +91,12 @@ def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connect
         listener.listen(4)
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(pki_root / "server"))
+        proc = run_cli("--host", HOST, "--port", str(port), "--tls-creds", str(pki_root / "server"))
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected
     assert proc.returncode == 1
     assert proc.stdout == ""  # no pty was made either
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--tls-creds {pki_root}/server holds server credentials (server-cert.pem,"
         " server-key.pem), not client ones: it has no client-cert.pem or client-key.pem; this"
         " bridge is the TLS client (it connects: no --server): give it client credentials"
@@ -116,9 +107,9 @@ def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connect
 def test_client_credentials_on_a_listening_bridge_name_only_the_files_the_server_needs(
     pki_root: Path,
 ) -> None:
-    proc = run("--server", "--port", "0", "--tls-creds", str(pki_root / "client"))
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(pki_root / "client"))
     assert proc.returncode == 1
-    [line] = messages(proc.stderr)
+    [line] = stderr_messages(proc.stderr)
     assert line == (
         f"--tls-creds {pki_root}/client holds client credentials (client-cert.pem,"
         " client-key.pem), not server ones: it has no server-cert.pem or server-key.pem; this"
@@ -130,7 +121,7 @@ def test_client_credentials_on_a_listening_bridge_name_only_the_files_the_server
 
 
 def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(pki_root: Path) -> None:
-    proc = run("creds", "check", str(pki_root / "server"), "--endpoint", "client")
+    proc = run_cli("creds", "check", str(pki_root / "server"), "--endpoint", "client")
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
         f"error: {pki_root}/server holds server credentials (server-cert.pem, server-key.pem),"
@@ -138,7 +129,9 @@ def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(pki_ro
         " --endpoint server, or check the client dir"
     ]
     # The right endpoint still passes.
-    assert run("creds", "check", str(pki_root / "server"), "--endpoint", "server").returncode == 0
+    assert (
+        run_cli("creds", "check", str(pki_root / "server"), "--endpoint", "server").returncode == 0
+    )
 
 
 @pytest.fixture
@@ -174,7 +167,7 @@ def test_an_unreadable_key_is_named_with_the_read_permission_that_is_missing(
         check=False,
     )
     assert proc.returncode == 1
-    [line] = messages(proc.stderr)
+    [line] = stderr_messages(proc.stderr)
     mode = "0600" if os.geteuid() == 0 else "0000"
     assert line.startswith(f"Cannot load certificate '{key.parent}/server-cert.pem' & key '{key}':")
     assert re.search(
@@ -188,7 +181,7 @@ def test_an_unreadable_key_is_named_with_the_read_permission_that_is_missing(
 
 
 def test_creds_init_with_a_hostname_keeps_the_default_loopback_ips(tmp_path: Path) -> None:
-    proc = run("creds", "init", str(tmp_path / "pki"), "--hostname", "localhost")
+    proc = run_cli("creds", "init", str(tmp_path / "pki"), "--hostname", "localhost")
     assert proc.returncode == 0, proc.stderr
     pem = (tmp_path / "pki" / "server" / "server-cert.pem").read_bytes()
     san = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
@@ -204,7 +197,7 @@ def test_creds_init_with_a_hostname_keeps_the_default_loopback_ips(tmp_path: Pat
 def test_creds_init_prints_absolute_qemu_paths_and_the_bridge_command_for_each_role(
     tmp_path: Path,
 ) -> None:
-    proc = run("creds", "init", "pki", cwd=tmp_path)
+    proc = run_cli("creds", "init", "pki", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     root = tmp_path.resolve() / "pki"
     assert proc.stdout.splitlines() == [
@@ -219,7 +212,7 @@ def test_creds_init_prints_absolute_qemu_paths_and_the_bridge_command_for_each_r
 
 
 async def test_the_bridge_commands_creds_init_prints_work_together(tmp_path: Path) -> None:
-    proc = run("creds", "init", "pki", cwd=tmp_path)
+    proc = run_cli("creds", "init", "pki", cwd=tmp_path)
     commands = [
         line.split("bridge: chardev-bridge ", 1)[1].split()
         for line in proc.stdout.splitlines()
@@ -244,17 +237,6 @@ def qemu_dirs(pki: PKI) -> PKI:
     return pki
 
 
-def qemu_tls_monitor(server_dir: Path, *extra: str, authz: str | None = None) -> Qemu:
-    """QEMU serving a QMP monitor on a TLS server chardev (its port: ``.port("mon0")``)."""
-    return Qemu(
-        [
-            *extra,
-            *tls_creds_args("tls0", str(server_dir), "server"),
-            *tls_monitor_args("mon0", "tls0", authz=authz),
-        ]
-    )
-
-
 @pytest.mark.interop
 def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
     qemu_dirs: PKI, tmp_path: Path
@@ -263,12 +245,12 @@ def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
     bare = tmp_path / "ca-only"
     bare.mkdir()
     shutil.copy(qemu_dirs.client_dir / "ca-cert.pem", bare)
-    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu:
         port = qemu.port("mon0")
-        proc = run("--host", HOST, "--port", str(port), "--tls-creds", str(bare), "-q")
+        proc = run_cli("--host", HOST, "--port", str(port), "--tls-creds", str(bare), "-q")
     assert proc.returncode == 1
     assert "rejected our client certificate" not in proc.stderr
-    assert messages(proc.stderr)[-1].endswith(
+    assert stderr_messages(proc.stderr)[-1].endswith(
         "remote failed: the server closed the connection right after the handshake without a"
         " TLS alert: it probably requires a client certificate, and we sent none"
         f" ({bare} has no client-cert.pem and client-key.pem)"
@@ -280,7 +262,7 @@ async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_t
     qemu_dirs: PKI,
 ) -> None:
     require_qemu()
-    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu, trio.fail_after(30):
+    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu, trio.fail_after(30):
         port = qemu.port("mon0")
         async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
             pty_path = await bridge.pty_path()
@@ -289,7 +271,7 @@ async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_t
             await app.send_all(b"help\r\n")
             assert await exit_status(bridge) == 1
             await app.aclose()
-    assert messages(bridge.log())[-1].endswith(
+    assert stderr_messages(bridge.log())[-1].endswith(
         "; remote failed: the peer reset the connection right after our first bytes, having"
         " sent nothing: it may expect TLS (a QEMU chardev with tls-creds, a bridge with"
         " --tls-creds): give --tls-creds DIR"
@@ -308,7 +290,7 @@ async def test_a_tls_bridge_closing_on_our_plain_bytes_gets_the_tls_hint(pki: PK
                 # A close is the server's to make: the hint, but no failure.
                 assert await exit_status(bridge) == 0
                 await app.aclose()
-    disconnected, hint = messages(bridge.log())[-2:]
+    disconnected, hint = stderr_messages(bridge.log())[-2:]
     assert re.fullmatch(
         rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 6 bytes sent, 0 bytes"
         r" received; remote closed",
@@ -332,7 +314,7 @@ async def test_a_hostname_mismatch_suggests_tls_hostname(tmp_path: Path) -> None
                 await expect_failed_handshake(server)
                 assert await exit_status(bridge) == 1
             nursery.cancel_scope.cancel()
-    last = messages(bridge.log())[-1]
+    last = stderr_messages(bridge.log())[-1]
     assert last.startswith(f"cannot connect to 127.0.0.1:{server.port}: the peer's certificate")
     assert last.endswith(
         "; if it names this server otherwise (e.g. localhost for 127.0.0.1), give that name"
@@ -346,7 +328,7 @@ async def test_a_refused_connection_is_the_last_line_after_the_pty_and_suggests_
         async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
             assert (await bridge.pty_path()).startswith("/dev/pts/")
             assert await exit_status(bridge) == 1
-    assert messages(bridge.log())[-1] == (
+    assert stderr_messages(bridge.log())[-1] == (
         f"cannot connect to 127.0.0.1:{port}: connection refused: nothing listens there yet"
         " (with --reconnect SECONDS the bridge retries until something does)"
     )
@@ -359,7 +341,7 @@ def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_t
     require_qemu()
     denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
     command = b'{"execute":"qmp_capabilities"}\r\n'
-    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+    with Qemu([*denied, *qemu_tls_server_args(qemu_dirs.server_dir, authz="auth0")]) as qemu:
         port = qemu.port("mon0")
         args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
         # stdin's EOF and QEMU's verdict race: which one the bridge sees first varies.
@@ -374,7 +356,7 @@ def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_t
             )
             err = proc.stderr.decode()
             assert proc.returncode == 1, (attempt, err)
-            assert "it probably rejected our client certificate" in messages(err)[-1], err
+            assert "it probably rejected our client certificate" in stderr_messages(err)[-1], err
 
 
 @pytest.mark.interop
@@ -383,7 +365,7 @@ async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last
 ) -> None:
     require_qemu()
     denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
-    with qemu_tls_monitor(qemu_dirs.server_dir, *denied, authz="auth0") as qemu:
+    with Qemu([*denied, *qemu_tls_server_args(qemu_dirs.server_dir, authz="auth0")]) as qemu:
         port = qemu.port("mon0")
         args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
         with trio.fail_after(30):
@@ -391,7 +373,7 @@ async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last
                 assert (await bridge.pty_path()).startswith("/dev/pts/")
                 assert await exit_status(bridge) == 1
     cert = qemu_dirs.client_dir / "client-cert.pem"
-    [line] = messages(bridge.log())  # -q: the error alone, after the pty line on stdout
+    [line] = stderr_messages(bridge.log())  # -q: the error alone, after the pty line on stdout
     assert re.fullmatch(
         rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 0 bytes sent, 0 bytes received;"
         r" remote failed: the server closed the connection right after the handshake without"
@@ -404,7 +386,7 @@ async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last
 @pytest.mark.interop
 def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> None:
     require_qemu()
-    with qemu_tls_monitor(qemu_dirs.server_dir) as qemu:
+    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu:
         port = qemu.port("mon0")
         args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
         proc = subprocess.run(
@@ -432,9 +414,9 @@ def busy_port() -> Iterator[int]:
 
 
 def test_a_listening_bridge_on_a_busy_port_names_the_address_and_what_to_do(busy_port: int) -> None:
-    proc = run("--server", "--host", HOST, "--port", str(busy_port))
+    proc = run_cli("--server", "--host", HOST, "--port", str(busy_port))
     assert proc.returncode == 1
-    assert messages(proc.stderr)[-1] == (
+    assert stderr_messages(proc.stderr)[-1] == (
         f"--host {HOST} --port {busy_port}: cannot listen on {HOST}:{busy_port}: address already"
         " in use: another process (another bridge? QEMU?) listens there;"
         f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
@@ -443,9 +425,9 @@ def test_a_listening_bridge_on_a_busy_port_names_the_address_and_what_to_do(busy
 
 
 def test_a_busy_local_tcp_listen_address_names_the_local_option(busy_port: int) -> None:
-    proc = run("--port", str(free_port()), "--local", f"tcp-listen:{HOST}:{busy_port}")
+    proc = run_cli("--port", str(free_port()), "--local", f"tcp-listen:{HOST}:{busy_port}")
     assert proc.returncode == 1
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--local tcp-listen:{HOST}:{busy_port}: cannot listen on {HOST}:{busy_port}: address"
         " already in use: another process (another bridge? QEMU?) listens there;"
         f" `ss -ltnp 'sport = :{busy_port}'` shows which, or choose another port"
@@ -455,9 +437,9 @@ def test_a_busy_local_tcp_listen_address_names_the_local_option(busy_port: int) 
 def test_a_missing_pty_for_a_tty_local_end_says_ptys_live_with_their_program() -> None:
     missing = "/dev/pts/99999"
     assert not os.path.exists(missing)
-    proc = run("--port", str(free_port()), "--local", f"tty:{missing}")
+    proc = run_cli("--port", str(free_port()), "--local", f"tty:{missing}")
     assert proc.returncode == 1
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--local tty:{missing}: {missing} does not exist: a pty lives only as long as the"
         " program that made it (QEMU prints 'char device redirected to /dev/pts/N');"
         " `ls /dev/pts` lists those there are"
@@ -468,9 +450,9 @@ def test_a_tty_local_end_that_is_a_unix_socket_suggests_unix(tmp_path: Path) -> 
     path = tmp_path / "qemu.sock"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
-        proc = run("--port", str(free_port()), "--local", f"tty:{path}")
+        proc = run_cli("--port", str(free_port()), "--local", f"tty:{path}")
     assert proc.returncode == 1
-    assert messages(proc.stderr) == [
+    assert stderr_messages(proc.stderr) == [
         f"--local tty:{path}: {path} is not a terminal device (a tty); it is a unix socket:"
         f" use --local unix:{path}"
     ]
@@ -478,18 +460,18 @@ def test_a_tty_local_end_that_is_a_unix_socket_suggests_unix(tmp_path: Path) -> 
 
 def test_a_link_into_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
     link = tmp_path / "no-such-dir" / "console"
-    proc = run("--port", str(free_port()), "--link", str(link))
+    proc = run_cli("--port", str(free_port()), "--link", str(link))
     assert proc.returncode == 1
     assert re.fullmatch(
         rf"--link {re.escape(str(link))}: cannot link it to /dev/pts/\d+: the folder"
         rf" {re.escape(str(link.parent))} does not exist \(create it, or link elsewhere\)",
-        messages(proc.stderr)[-1],
+        stderr_messages(proc.stderr)[-1],
     ), proc.stderr
     assert ".console." not in proc.stderr  # not the temporary name nobody asked for
 
 
 def test_a_bare_device_path_for_local_suggests_tty_in_one_line() -> None:
-    proc = run("--local", "/dev/pts/3")
+    proc = run_cli("--local", "/dev/pts/3")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "chardev-bridge: error: argument --local: '/dev/pts/3' is a path: for this terminal"
@@ -549,7 +531,7 @@ def test_every_bridge_option_is_in_the_readme() -> None:
 def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
     port = str(free_port())
     args = ["--host", HOST, "--port", port, "--tls-creds", str(pki.client_dir)]
-    quiet, verbose = run(*args), run(*args, "-v")
+    quiet, verbose = run_cli(*args), run_cli(*args, "-v")
     assert "TLS priority" not in quiet.stderr
     assert "TLS priority (default), from built-in default" in verbose.stderr
 
@@ -557,7 +539,7 @@ def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
 def test_pyproject_license_is_an_spdx_string_and_install_says_how_to_reach_the_command() -> None:
     import tomllib
 
-    root = Path(__file__).parents[1]
+    root = ROOT
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["license"] == "MIT"
     make = require_tool("make")

@@ -20,13 +20,9 @@ from chardev_bridge.qemu import pki
 from tests.support.net import HOST, client_context, free_port, tls_connect
 from tests.support.peers import Qemu, require_qemu, tls_creds_args
 from tests.support.procs import CliBridge, cli_bridge, rss_kib
-from tests.support.streams import open_pty, poll_flags, read_until
+from tests.support.streams import open_pty, poll_flags, read_until, sha256
 
 MiB = 1 << 20
-
-
-def sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -119,7 +115,7 @@ async def test_far_bridge_sigkilled_mid_transfer_and_restarted_loses_nothing_aft
     # What was written while the far side was down, then after it came back, arrived whole
     # and in order...
     tail = resumed[-len(during + after + marker) :]
-    assert sha(tail) == sha(during + after + marker)
+    assert sha256(tail) == sha256(during + after + marker)
     # ...after whatever the client bridge still held from before the kill (its carry): the
     # end of what had been written, nothing repeated out of order, nothing invented.
     leftover = resumed[: -len(during + after + marker)]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +22,9 @@ from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from tests.support.bridges import capture_bridge_logs, log_lines, running_bridge, wait_log
 from tests.support.certs import PKI, write_creds_dir
+from tests.support.net import client_context, tcp_connect
+from tests.support.procs import ENV, bridge_cmd
 from tests.support.streams import exchange, open_pty, sha256
-
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @asynccontextmanager
@@ -41,36 +41,22 @@ async def tls_server(pki: PKI, *, handshake_timeout: float = 10) -> AsyncIterato
         yield ready
 
 
-def client_context(ca_dir: Path, cert_dir: Path | None) -> ssl.SSLContext:
-    """A TLS client trusting ``ca_dir``'s CA, presenting ``cert_dir``'s client cert if given."""
-    ctx = ssl.create_default_context(cafile=str(ca_dir / "ca-cert.pem"))
-    if cert_dir is not None:
-        ctx.load_cert_chain(str(cert_dir / "client-cert.pem"), str(cert_dir / "client-key.pem"))
-    return ctx
-
-
-async def connect(port: int) -> tuple[trio.SocketStream, int]:
-    """A TCP connection to the bridge, and its local port (which the bridge's log names)."""
-    tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    return tcp, tcp.socket.getsockname()[1]
-
-
-async def tls_client_outcome(port: int, ctx: ssl.SSLContext) -> tuple[int, str]:
-    """Handshake, then read: the client's port and the ssl reason it ended with.
+async def tls_client_outcome(port: int, ctx: ssl.SSLContext) -> tuple[str, str]:
+    """Handshake, then read: the client's name in the log and the ssl reason it ended with.
 
     With TLS 1.3 a client finishes its handshake before the server has checked the client
     certificate, so a rejection arrives as an alert on the first read.
     """
-    tcp, local_port = await connect(port)
+    tcp, me = await tcp_connect(port)
     stream = trio.SSLStream(tcp, ctx, server_hostname="127.0.0.1")
     try:
         with trio.fail_after(5):
             await stream.do_handshake()
             data = await stream.receive_some()
-        return local_port, f"read {data!r}"
+        return me, f"read {data!r}"
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
-        return local_port, getattr(cause, "reason", None) or repr(cause)
+        return me, getattr(cause, "reason", None) or repr(cause)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -81,10 +67,8 @@ async def assert_good_client_gets_through(
     """A client with good credentials gets a session: bytes both ways with the pty, then a
     clean close (close_notify) that ends the session, freeing the bridge for the next one."""
     assert ready.pty_path is not None
-    tcp, local_port = await connect(ready.ports[0])
-    stream = trio.SSLStream(
-        tcp, client_context(pki.client_dir, pki.client_dir), server_hostname="127.0.0.1"
-    )
+    tcp, me = await tcp_connect(ready.ports[0])
+    stream = trio.SSLStream(tcp, client_context(pki.client_dir), server_hostname="127.0.0.1")
     size = 64 * 1024
     try:
         async with open_pty(ready.pty_path) as tty:
@@ -96,7 +80,7 @@ async def assert_good_client_gets_through(
             await stream.aclose()
     finally:
         await trio.aclose_forcefully(stream)
-    peer = rf"127\.0\.0\.1:{local_port}"
+    peer = re.escape(me)
     await wait_log(caplog, rf"^session from {peer}: TLSv1\.3 ")
     await wait_log(
         caplog,
@@ -114,9 +98,9 @@ async def assert_closed_by_bridge(stream: trio.SocketStream, timeout: float = 5)
             pass  # a reset is a close too
 
 
-def handshake_failed(local_port: int, cause: str) -> str:
-    """The regex of the bridge's line for a failed handshake from ``local_port``."""
-    return rf"^TLS handshake with 127\.0\.0\.1:{local_port} failed: .*{cause}"
+def handshake_failed(peer: str, cause: str) -> str:
+    """The regex of the bridge's line for a failed handshake from ``peer``."""
+    return rf"^TLS handshake with {re.escape(peer)} failed: .*{cause}"
 
 
 # -- certificate problems -------------------------------------------------------------------
@@ -128,10 +112,10 @@ async def test_client_from_unknown_ca_is_rejected_with_alert(
     capture_bridge_logs(caplog)
     other = make_other_pki("other")
     async with tls_server(pki) as ready:
-        ctx = client_context(pki.client_dir, other.client_dir)
-        local_port, reason = await tls_client_outcome(ready.ports[0], ctx)
+        ctx = client_context(pki.client_dir, cert_dir=other.client_dir)
+        me, reason = await tls_client_outcome(ready.ports[0], ctx)
         assert reason == "TLSV1_ALERT_UNKNOWN_CA"
-        await wait_log(caplog, handshake_failed(local_port, r"not signed by our CA \(unknown CA\)"))
+        await wait_log(caplog, handshake_failed(me, r"not signed by our CA \(unknown CA\)"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -140,11 +124,11 @@ async def test_client_without_certificate_is_rejected_with_alert(
 ) -> None:
     capture_bridge_logs(caplog)
     async with tls_server(pki) as ready:
-        local_port, reason = await tls_client_outcome(
-            ready.ports[0], client_context(pki.client_dir, None)
+        me, reason = await tls_client_outcome(
+            ready.ports[0], client_context(pki.client_dir, with_cert=False)
         )
         assert reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
-        await wait_log(caplog, handshake_failed(local_port, "sent no client certificate"))
+        await wait_log(caplog, handshake_failed(me, "sent no client certificate"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -161,10 +145,10 @@ async def test_client_with_expired_certificate_is_rejected_with_alert(
     )
     expired_dir = write_creds_dir(tmp_path / "expired", pki.ca, "client", expired)
     async with tls_server(pki) as ready:
-        ctx = client_context(pki.client_dir, expired_dir)
-        local_port, reason = await tls_client_outcome(ready.ports[0], ctx)
+        ctx = client_context(pki.client_dir, cert_dir=expired_dir)
+        me, reason = await tls_client_outcome(ready.ports[0], ctx)
         assert reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
-        await wait_log(caplog, handshake_failed(local_port, "certificate has expired"))
+        await wait_log(caplog, handshake_failed(me, "certificate has expired"))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -201,22 +185,15 @@ async def test_cli_client_exits_nonzero_with_the_cause_on_hostname_mismatch(
 ) -> None:
     capture_bridge_logs(caplog)
     async with tls_server(pki) as ready:
-        command = [
-            sys.executable,
-            "-m",
-            "chardev_bridge",
+        command = bridge_cmd(
             "--host=127.0.0.1",
             f"--port={ready.ports[0]}",
             f"--tls-creds={pki.client_dir}",
             "--tls-hostname=wrong.example.com",
-        ]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-        }
+        )
         with trio.fail_after(20):
             result = await trio.run_process(
-                command, env=env, capture_stdout=True, capture_stderr=True, check=False
+                command, env=ENV, capture_stdout=True, capture_stderr=True, check=False
             )
         stderr = result.stderr.decode()
         assert result.returncode == 1, stderr
@@ -241,13 +218,13 @@ async def test_non_tls_bytes_are_refused_with_cause(
 ) -> None:
     capture_bridge_logs(caplog)
     async with tls_server(pki) as ready:
-        tcp, local_port = await connect(ready.ports[0])
+        tcp, me = await tcp_connect(ready.ports[0])
         try:
             await tcp.send_all(payload)
             await assert_closed_by_bridge(tcp)
         finally:
             await tcp.aclose()
-        await wait_log(caplog, handshake_failed(local_port, cause))
+        await wait_log(caplog, handshake_failed(me, cause))
         await assert_good_client_gets_through(pki, ready, caplog)
 
 
@@ -258,9 +235,9 @@ async def test_idle_connection_is_dropped_after_handshake_timeout_without_blocki
     # Long enough that the good client's whole session fits in it, even on a slow machine.
     timeout = 1.0
     async with tls_server(pki, handshake_timeout=timeout) as ready:
-        idle, idle_port = await connect(ready.ports[0])
+        idle, idle_name = await tcp_connect(ready.ports[0])
         began = trio.current_time()
-        dropped = rf"^dropped 127\.0\.0\.1:{idle_port}: no TLS handshake within {timeout:g}s"
+        dropped = rf"^dropped {re.escape(idle_name)}: no TLS handshake within {timeout:g}s"
         try:
             # While the idle connection holds a pending handshake, a good client gets through.
             await assert_good_client_gets_through(pki, ready, caplog)

@@ -16,7 +16,7 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import run_bridge
-from chardev_bridge.cli import build_parser, config_from_args
+from chardev_bridge.cli import build_parser
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.holding import (
     DEFAULT_PTY_HOLD_MAX,
@@ -25,7 +25,7 @@ from chardev_bridge.local.holding import (
     dropped_line,
     hold_limit,
 )
-from tests.support.bridges import log_lines, running_bridge, wait_log
+from tests.support.bridges import cli_config, log_lines, running_bridge, wait_log
 from tests.support.net import HOST, free_port
 from tests.support.procs import ENV
 from tests.support.streams import open_pty, read_until
@@ -89,17 +89,13 @@ def test_held_bytes_stop_at_their_cap() -> None:
     assert held.room() == 10 and held.take_dropped() == 10
 
 
-def parse(*argv: str) -> BridgeConfig:
-    return config_from_args(build_parser().parse_args(list(argv)))
-
-
 def test_the_command_line_gives_a_pty_the_console_default_and_block_alone_no_limit() -> None:
-    assert parse().hold_limit == 2.0
-    assert parse("--when-disconnected", "block").hold_limit is None
-    assert parse("--when-disconnected", "drop").hold_limit is None
-    assert parse("--hold-max", "0.5").hold_limit == 0.5
-    assert parse("--when-disconnected", "block", "--hold-max", "7").hold_limit == 7
-    assert parse("--local", "unix:/run/x.sock").hold_limit is None
+    assert cli_config().hold_limit == 2.0
+    assert cli_config("--when-disconnected", "block").hold_limit is None
+    assert cli_config("--when-disconnected", "drop").hold_limit is None
+    assert cli_config("--hold-max", "0.5").hold_limit == 0.5
+    assert cli_config("--when-disconnected", "block", "--hold-max", "7").hold_limit == 7
+    assert cli_config("--local", "unix:/run/x.sock").hold_limit is None
     help_text = build_parser().format_help()
     assert "--hold-max SECONDS" in help_text
     assert "a command typed while the VM rebooted" in " ".join(help_text.split())

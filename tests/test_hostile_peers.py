@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import socket
 import ssl
 import struct
 import subprocess
@@ -34,6 +33,7 @@ from tests.support.certs import craft, write_dir
 from tests.support.net import (
     HOST,
     TlsServer,
+    abort,
     client_context,
     server_context,
     tcp_connect,
@@ -467,9 +467,7 @@ async def test_peer_that_resets_mid_transfer_is_logged_and_the_line_serves_the_n
                 nursery.start_soon(guarded.up.receive_loop)
                 with trio.move_on_after(0.5):
                     await guarded.up.send_loop()
-                sock = guarded.conn.transport_stream.socket
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()  # RST: no FIN, no close_notify
+                abort(guarded.conn.transport_stream.socket)  # RST: no FIN, no close_notify
                 pattern = "^disconnected from " + re.escape(guarded.name)
                 [line] = await wait_log(info_logs, pattern)
                 nursery.cancel_scope.cancel()

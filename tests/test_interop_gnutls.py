@@ -20,7 +20,7 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
 from tests.support.certs import PKI, subject_dn
-from tests.support.peers import require_tool
+from tests.support.peers import gnutls_cli_command, require_tool
 from tests.support.procs import running_peer, wait_ipv4_port
 from tests.support.streams import exchange, open_pty, read_exactly, sha256
 
@@ -45,22 +45,12 @@ def echo_lines(size: int) -> bytes:
 async def test_gnutls_cli_reaches_pty_of_bridge_server(
     pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gnutls_cli = require_tool("gnutls-cli")
     capture_bridge_logs(caplog)
     cfg = BridgeConfig(listen=True, host="127.0.0.1", port=0, tls_creds=pki.server_dir)
     async with running_bridge(cfg) as ready:
         assert ready.pty_path is not None
-        client = pki.client_dir
-        command = [
-            gnutls_cli,
-            f"--logfile={tmp_path / 'gnutls-cli.log'}",
-            f"--x509cafile={client / 'ca-cert.pem'}",
-            f"--x509certfile={client / 'client-cert.pem'}",
-            f"--x509keyfile={client / 'client-key.pem'}",
-            "-p",
-            str(ready.ports[0]),
-            "127.0.0.1",
-        ]
+        log = f"--logfile={tmp_path / 'gnutls-cli.log'}"
+        command = gnutls_cli_command(pki.client_dir, ready.ports[0], log)
         async with open_pty(ready.pty_path) as tty, running_peer(command) as cli:
             # Any byte value, both ways at once: gnutls-cli is binary-clean on stdin/stdout.
             up, down = os.urandom(48 * 1024), os.urandom(48 * 1024)

@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import re
-import ssl
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,14 @@ from chardev_bridge.tls.stream import TLSStream
 from tests.support.bridges import capture_bridge_logs, log_lines, running_bridge, wait_log
 from tests.support.certs import PKI, subject_dn
 from tests.support.net import client_context, tls_connect
-from tests.support.peers import Qemu, qemu_in_thread, qemu_load, tls_creds_args, tls_monitor_args
+from tests.support.peers import (
+    Qemu,
+    qemu_in_thread,
+    qemu_load,
+    qemu_tls_client_args,
+    qemu_tls_server_args,
+    tls_creds_args,
+)
 from tests.support.streams import exchange, open_pty, read_until, sha256
 
 pytestmark = pytest.mark.interop
@@ -46,14 +52,6 @@ def qemu_pki(pki: PKI) -> PKI:
     """The test PKI with DH parameters in the server dir: QEMU starts without generating them."""
     (pki.server_dir / "dh-params.pem").write_bytes(pkimod.dh_params_pem())
     return pki
-
-
-def qemu_server_args(server_dir: Path, *, authz: str | None = None) -> list[str]:
-    """A QMP monitor on a TLS server chardev ``mon0``, 127.0.0.1, kernel-chosen port."""
-    return [
-        *tls_creds_args("tls0", str(server_dir), "server"),
-        *tls_monitor_args("mon0", "tls0", authz=authz),
-    ]
 
 
 async def drive_qmp(stream: trio.abc.Stream) -> None:
@@ -93,7 +91,7 @@ async def test_qmp_through_bridge_client_to_qemu_tls_server(
     qemu_pki: PKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     capture_bridge_logs(caplog)
-    with Qemu(qemu_server_args(qemu_pki.server_dir)) as qemu:
+    with Qemu(qemu_tls_server_args(qemu_pki.server_dir)) as qemu:
         port = qemu.port("mon0")
         # With reconnect the bridge (and its pty) outlives QEMU's quit. A one-shot bridge
         # returns as QEMU closes and closes the pty with it, and the kernel discards what
@@ -113,22 +111,15 @@ async def test_qmp_through_bridge_client_to_qemu_tls_server(
     assert not any("probably rejected" in line for line in log_lines(caplog))
 
 
-def raw_client_context(client_dir: Path) -> ssl.SSLContext:
-    """A plain ``ssl`` client context with the client credentials (independent of the bridge)."""
-    ctx = ssl.create_default_context(cafile=str(client_dir / "ca-cert.pem"))
-    ctx.load_cert_chain(str(client_dir / "client-cert.pem"), str(client_dir / "client-key.pem"))
-    return ctx
-
-
 @pytest.mark.parametrize("split_last_byte", [True, False], ids=["workaround", "no-workaround"])
 async def test_qemu_72_answers_only_with_the_input_stall_workaround(
     qemu_pki: PKI, split_last_byte: bool
 ) -> None:
-    with Qemu(qemu_server_args(qemu_pki.server_dir)) as qemu:
+    with Qemu(qemu_tls_server_args(qemu_pki.server_dir)) as qemu:
         tcp = await trio.open_tcp_stream("127.0.0.1", qemu.port("mon0"))
         stream = TLSStream(
             tcp,
-            raw_client_context(qemu_pki.client_dir),
+            client_context(qemu_pki.client_dir),
             server_side=False,
             server_hostname="127.0.0.1",
             split_last_byte=split_last_byte,
@@ -158,7 +149,7 @@ async def test_qemu_72_answers_only_with_the_input_stall_workaround(
 
 async def test_bridge_with_no_qemu_stall_workaround_gets_no_qmp_reply(qemu_pki: PKI) -> None:
     # The same through the bridge's pty, with --no-qemu-stall-workaround.
-    with Qemu(qemu_server_args(qemu_pki.server_dir)) as qemu:
+    with Qemu(qemu_tls_server_args(qemu_pki.server_dir)) as qemu:
         cfg = BridgeConfig(
             host="127.0.0.1",
             port=qemu.port("mon0"),
@@ -185,7 +176,7 @@ async def test_bridge_client_reports_certificate_probably_rejected_by_qemu(
     qemu_pki: PKI, rejection: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     capture_bridge_logs(caplog)
-    args = qemu_server_args(
+    args = qemu_tls_server_args(
         qemu_pki.server_dir, authz="auth0" if rejection == "tls-authz" else None
     )
     if rejection == "tls-authz":
@@ -231,13 +222,7 @@ async def test_qmp_through_bridge_server_from_qemu_tls_client(
     async with running_bridge(cfg) as ready:
         assert ready.pty_path is not None
         port = ready.ports[0]
-        args = [
-            *tls_creds_args("tls0", str(pki.client_dir), "client"),
-            "-chardev",
-            f"socket,id=mon0,host=127.0.0.1,port={port},server=off,reconnect=1,tls-creds=tls0",
-            "-mon",
-            "chardev=mon0,mode=control",
-        ]
+        args = qemu_tls_client_args(pki.client_dir, port)
         async with qemu_in_thread(args) as qemu, open_pty(ready.pty_path) as tty:
             await drive_qmp(tty)
             dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
@@ -308,9 +293,7 @@ async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
     caplog.set_level(logging.INFO, logger="chardev_bridge")
     pki = tmp_path / "pki"
     assert creds_main(["init", str(pki)]) == 0
-    args = tls_creds_args("tls0", str(pki / "server"), "server")
-    args += tls_monitor_args("mon0", "tls0")
-    vm = Qemu(args)
+    vm = Qemu(qemu_tls_server_args(pki / "server"))
     await trio.to_thread.run_sync(vm.__enter__)
     try:
         port = await trio.to_thread.run_sync(vm.port, "mon0")

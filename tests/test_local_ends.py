@@ -6,8 +6,8 @@ import errno
 import gc
 import logging
 import os
+import re
 import socket
-import ssl
 import termios
 from functools import partial
 from pathlib import Path
@@ -28,9 +28,9 @@ from chardev_bridge.local.tty import (
     never_reopened,
     refuse_reopen,
 )
-from tests.support.bridges import running_bridge, wait_log
+from tests.support.bridges import log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
-from tests.support.net import tcp_connect
+from tests.support.net import client_context, tcp_connect
 from tests.support.streams import open_pty, read_exactly, read_until
 
 
@@ -304,12 +304,12 @@ async def test_pty_number_reused_by_another_process_never_receives_a_byte(
     finally:
         for fd in opened:
             os.close(fd)
-    assert log_messages(caplog, f"tty {path} is gone (") == [
+    assert log_lines(caplog, re.escape(f"tty {path} is gone (")) == [
         f"tty {path} is gone (hangup); a pty number is not an identity, so it is not reopened:"
         " use a stable name (a symlink you control, /dev/serial/by-id/…) or a unix socket"
         " chardev (-chardev socket,path=…,server=on,wait=off + --local unix:PATH)"
     ]
-    assert not log_messages(caplog, "is back")
+    assert not log_lines(caplog, "is back")
 
 
 async def test_a_reconnecting_bridge_stops_once_its_pty_number_is_gone(
@@ -343,10 +343,10 @@ async def test_a_reconnecting_bridge_stops_once_its_pty_number_is_gone(
                 await trio.sleep(0.05)
         await listener.aclose()
     assert codes == [0]
-    assert log_messages(caplog, "is gone")[0].startswith(f"tty {path} is gone (hangup); a pty")
-    sessions = [m for m in log_messages(caplog, "connected to") if m.startswith("connected")]
+    assert log_lines(caplog, "is gone")[0].startswith(f"tty {path} is gone (hangup); a pty")
+    sessions = [m for m in log_lines(caplog, "connected to") if m.startswith("connected")]
     assert len(sessions) == 1, sessions  # no reconnect: the line is over
-    assert log_messages(caplog, "has ended")  # as after stdin's EOF
+    assert log_lines(caplog, "has ended")  # as after stdin's EOF
 
 
 async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
@@ -402,16 +402,12 @@ async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
         await end.aclose()
         for fd in opened:
             os.close(fd)
-    assert log_messages(caplog, "is back") == [f"tty {link} is back: it now points to {new_path}"]
-    assert log_messages(caplog, "still gone")[0] == (
+    assert log_lines(caplog, "is back") == [f"tty {link} is back: it now points to {new_path}"]
+    assert log_lines(caplog, "still gone")[0] == (
         f"tty {link} still gone (not reopened: the link still points to {old_path}, a pty that"
         " went away and whose number another terminal may have now: it is followed once the"
         " link is made again)"
     )
-
-
-def log_messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
 def open_fds() -> int:
@@ -565,7 +561,9 @@ async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
     with trio.fail_after(20):
         async with running_bridge(cfg) as server, trio.open_nursery() as nursery:
             tcp = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
-            client = trio.SSLStream(tcp, client_context(pki), server_hostname="localhost")
+            client = trio.SSLStream(
+                tcp, client_context(pki.client_dir), server_hostname="localhost"
+            )
             await client.send_all(b"hello guest\n")  # arrives while the socket is missing
             await trio.sleep(0.5)
             await nursery.start(qemu_like_unix_server)
@@ -573,11 +571,3 @@ async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
             await client.aclose()
     assert bytes(got) == b"hello guest\n"
     assert "local end unix " + path + " not there" in caplog.text
-
-
-def client_context(pki: PKI) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki.client_dir / "ca-cert.pem"))
-    ctx.load_cert_chain(
-        str(pki.client_dir / "client-cert.pem"), str(pki.client_dir / "client-key.pem")
-    )
-    return ctx

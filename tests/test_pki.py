@@ -20,7 +20,14 @@ from chardev_bridge.qemu import creds_cli, pki
 from chardev_bridge.qemu.authz import qemu_dn
 from chardev_bridge.qemu.credcheck import check_creds, has_errors
 from chardev_bridge.tls.setup import Endpoint
-from tests.support.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
+from tests.support.peers import (
+    Qemu,
+    gnutls_cli_command,
+    qemu_tls_server_args,
+    require_tool,
+    tls_creds_args,
+)
+from tests.support.procs import BASE_ENV
 
 LAYOUT = {
     "ca": {"ca-cert.pem", "ca-key.pem"},
@@ -277,26 +284,10 @@ def test_qemu_loads_generated_dirs_of_every_kind(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 def test_qemu_serves_qmp_over_tls_to_gnutls_cli_with_generated_creds(pki_root: Path) -> None:
-    gnutls_cli = require_tool("gnutls-cli")
-    args = tls_creds_args("tls0", str(pki_root / "server"), "server") + tls_monitor_args(
-        "mon0", "tls0"
-    )
-    with Qemu(args) as qemu:
-        port = qemu.port("mon0")
-        client = pki_root / "client"
+    with Qemu(qemu_tls_server_args(pki_root / "server")) as qemu:
         proc = subprocess.run(
-            [
-                gnutls_cli,
-                "--x509cafile",
-                str(client / "ca-cert.pem"),
-                "--x509certfile",
-                str(client / "client-cert.pem"),
-                "--x509keyfile",
-                str(client / "client-key.pem"),
-                "-p",
-                str(port),
-                "127.0.0.1",
-            ],
+            gnutls_cli_command(pki_root / "client", qemu.port("mon0")),
+            env=BASE_ENV,
             input=b'{"execute": "qmp_capabilities"}\n',
             capture_output=True,
             timeout=10,

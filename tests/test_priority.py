@@ -26,6 +26,7 @@ from chardev_bridge.qemu.priority import (
     read_priority_keywords,
     resolve_priority,
 )
+from tests.support.net import priority_context
 from tests.support.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
 
 V12, V13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -42,12 +43,6 @@ EDITED = [
     "PFS:-RSA:-DHE-RSA:%SERVER_PRECEDENCE",
     "NORMAL:!AES-128-CBC:-COMP-ALL:+COMP-NULL:%COMPAT",
 ]
-
-
-def context(text: str, server: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    apply_priority(ctx, parse_priority(text, keywords={}))
-    return ctx
 
 
 @pytest.mark.parametrize(
@@ -67,7 +62,7 @@ def test_version_edits_map_to_minimum_and_maximum(
 ) -> None:
     prio = parse_priority(text, keywords={})
     assert (prio.minimum_version, prio.maximum_version) == (low, high)
-    ctx = context(text)
+    ctx = priority_context(text)
     assert (ctx.minimum_version, ctx.maximum_version) == (low, high)
 
 
@@ -123,12 +118,12 @@ def test_group_edits_pick_one_ecdh_curve() -> None:
     prio = parse_priority("NORMAL:-GROUP-ALL:+GROUP-SECP521R1:+GROUP-X25519", keywords={})
     assert prio.ecdh_curve == "secp521r1"
     assert parse_priority("NORMAL:-GROUP-X448", keywords={}).ecdh_curve == "prime256v1"
-    context("NORMAL:-GROUP-ALL:+GROUP-SECP521R1")  # OpenSSL accepts the curve name
+    priority_context("NORMAL:-GROUP-ALL:+GROUP-SECP521R1")  # OpenSSL accepts the curve name
 
 
 def test_no_tickets_flag_sets_op_no_ticket() -> None:
-    assert context("NORMAL:%NO_TICKETS").options & ssl.OP_NO_TICKET
-    assert not context("NORMAL").options & ssl.OP_NO_TICKET
+    assert priority_context("NORMAL:%NO_TICKETS").options & ssl.OP_NO_TICKET
+    assert not priority_context("NORMAL").options & ssl.OP_NO_TICKET
 
 
 def test_at_keywords_resolve_from_gnutls_config_with_fallbacks() -> None:
@@ -230,7 +225,9 @@ def test_tls12_suite_list_equals_gnutls_list(text: str) -> None:
     known = {code for _, code in TLS12_SUITES.values()}
     expected = [c for c in gnutls_tls12_suites(text) if c in known]
     prio = parse_priority(text, keywords={})
-    ours = [c["id"] & 0xFFFF for c in context(text).get_ciphers() if c["protocol"] != "TLSv1.3"]
+    ours = [
+        c["id"] & 0xFFFF for c in priority_context(text).get_ciphers() if c["protocol"] != "TLSv1.3"
+    ]
     if prio.minimum_version == V13:
         return  # no TLS 1.2 at all: nothing to compare
     assert ours == expected
@@ -290,7 +287,7 @@ def _connect(port: int, ctx: ssl.SSLContext) -> tuple[str | None, str | None, by
 
 
 def _client_ctx(text: str, root: Path, key_type: str) -> ssl.SSLContext:
-    ctx = context(text)
+    ctx = priority_context(text)
     client = root / key_type / "client"
     ctx.load_verify_locations(client / "ca-cert.pem")
     ctx.load_cert_chain(client / "client-cert.pem", client / "client-key.pem")
@@ -322,7 +319,7 @@ def test_qemu_refuses_a_client_outside_its_policy_with_a_bare_close(
     # QEMU sends no TLS alert when its handshake fails: the client sees only an EOF.
     qemu, root = qemu_priorities
     port = qemu.port(_chardev_id(QEMU_ONLY[server][0]))
-    ctx = context(client)
+    ctx = priority_context(client)
     ctx.load_verify_locations(root / QEMU_ONLY[server][1] / "client" / "ca-cert.pem")
     with pytest.raises(ssl.SSLEOFError, match="UNEXPECTED_EOF"):
         _connect(port, ctx)
@@ -334,7 +331,7 @@ def test_client_refuses_a_server_key_too_weak_for_secure256(
 ) -> None:
     qemu, root = qemu_priorities
     port = qemu.port(_chardev_id("NORMAL:-VERS-TLS1.3"))  # serves a P-256 certificate
-    ctx = context("SECURE256:-VERS-TLS1.3")
+    ctx = priority_context("SECURE256:-VERS-TLS1.3")
     ctx.load_verify_locations(root / "ecdsa-p256" / "client" / "ca-cert.pem")
     with pytest.raises(ssl.SSLCertVerificationError) as info:
         _connect(port, ctx)
@@ -350,7 +347,7 @@ def test_python_server_context_serves_gnutls_cli_using_the_same_string(
     key_type = "ecdsa-p384" if text.startswith("SECURE256") else "ecdsa-p256"
     pki.init_pki(tmp_path, key_type=key_type)  # type: ignore[arg-type]
     server = tmp_path / "server"
-    ctx = context(text, server=True)
+    ctx = priority_context(text, server=True)
     ctx.load_cert_chain(server / "server-cert.pem", server / "server-key.pem")
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)

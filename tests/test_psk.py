@@ -31,12 +31,11 @@ from tests.support.bridges import running_bridge
 from tests.support.certs import PKI
 from tests.support.peers import qemu_errors, qemu_load, require_tool
 from tests.support.peers import qemu_in_thread as qemu
+from tests.support.procs import BASE_ENV, reap
 from tests.support.streams import open_pty, read_until
 
 KEY = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef")
 OTHER_KEY = bytes(range(32))
-# gnutls-cli must not pick up a priority file from the test's environment.
-ENV = {k: v for k, v in os.environ.items() if k != "GNUTLS_SYSTEM_PRIORITY_FILE"}
 # What QEMU adds to its priority for PSK credentials; gnutls-cli offers no PSK without it.
 GNUTLS_PSK_PRIORITY = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
 # TLS 1.3 external PSK as a client needs Python 3.13's ssl (see chardev_bridge.qemu.psk).
@@ -112,17 +111,6 @@ async def open_listener() -> tuple[trio.SocketListener, int]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     listener = listeners[0]
     return listener, listener.socket.getsockname()[1]
-
-
-async def reap(proc: trio.Process) -> None:
-    """Kill ``proc`` if it still runs, wait for it, close our ends of its pipes."""
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                await pipe.aclose()
 
 
 # --- keys.psk ---------------------------------------------------------------------------------
@@ -458,7 +446,7 @@ async def test_gnutls_cli_talks_to_our_server(keys_dir: Path, psk_route: str) ->
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=ENV,
+        env=BASE_ENV,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import socket
-import struct
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,13 @@ from tests.support.certs import PKI
 from tests.support.net import (
     HOST,
     TlsServer,
+    abort,
     client_context,
     server_context,
     tcp_connect,
     tls_connect,
 )
 from tests.support.streams import open_pty, read_exactly
-
-
-def _abort(sock: trio.socket.SocketType) -> None:
-    """Close with a reset (SO_LINGER 0), as a crashing peer does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def _disconnect_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -75,7 +69,7 @@ async def test_more_than_the_replay_cap_sent_to_a_rejecting_server_reaches_the_n
                     nursery.start_soon(app.send_all, payload)
                     first = await server.accept()  # as QEMU: handshake, then authz says no
                     await trio.sleep(0.8)  # reading nothing
-                    _abort(first.transport_stream.socket)
+                    abort(first.transport_stream.socket)
                     second = await server.accept()
                     got = await read_exactly(second, len(payload), timeout=20)
         nursery.cancel_scope.cancel()
@@ -105,7 +99,7 @@ async def test_local_end_that_finished_then_a_silent_close_is_no_rejection(
             stream = await server.accept()
             while data := await stream.receive_some():
                 got.extend(data)
-            _abort(stream.transport_stream.socket)
+            abort(stream.transport_stream.socket)
 
         nursery.start_soon(local_tool)
         nursery.start_soon(qemu_like_server)
@@ -128,7 +122,7 @@ async def test_a_local_reset_is_reported_as_the_local_failure(
         async def crashing_local_tool() -> None:
             conn = await local.accept()
             await trio.sleep(0.3)
-            _abort(conn.socket)
+            abort(conn.socket)
 
         async def silent_server() -> None:
             await server.accept()
@@ -157,7 +151,7 @@ async def test_failures_that_end_working_sessions_are_each_logged(
                 tcp = await listener.accept()
                 await tcp.send_all(b"hello")  # a session that works ...
                 await trio.sleep(0.6)
-                _abort(tcp.socket)  # ... then a reset
+                abort(tcp.socket)  # ... then a reset
             await trio.sleep(0.3)
     lines = _disconnect_lines(caplog)
     assert len(lines) >= 4 and all(r.levelno == logging.INFO for r in lines), [

@@ -12,8 +12,6 @@ import random
 import re
 import select
 import signal
-import socket
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from tests.support.certs import PKI
 from tests.support.net import (
     HOST,
     TlsServer,
+    abort,
     client_context,
     free_port,
     server_context,
@@ -39,7 +38,14 @@ from tests.support.net import (
     tls_connect,
 )
 from tests.support.procs import cli_bridge
-from tests.support.streams import open_pty, poll_flags, read_exactly, read_to_eof, read_until
+from tests.support.streams import (
+    open_pty,
+    poll_flags,
+    read_exactly,
+    read_to_eof,
+    read_until,
+    sha256,
+)
 
 MiB = 1 << 20
 
@@ -72,10 +78,6 @@ def segments(received: bytes | bytearray, payload: bytes) -> list[tuple[int, int
         found.append((at, n))
         pos += n
     return found
-
-
-def sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # -- backoff and log rate ---------------------------------------------------------------------
@@ -210,7 +212,7 @@ async def test_pty_and_link_survive_reconnects_and_bytes_written_while_down_arri
                         if offline_sent:
                             # Written while no remote was there: delivered now, whole.
                             got = await read_exactly(conn, len(offline_sent[-1]))
-                            assert sha(got) == sha(offline_sent[-1])
+                            assert sha256(got) == sha256(offline_sent[-1])
                         hello = f"hello {round_}\n".encode()
                         await conn.send_all(hello)
                         assert await read_until(app, hello) == hello
@@ -230,7 +232,7 @@ async def test_pty_and_link_survive_reconnects_and_bytes_written_while_down_arri
                         assert os.readlink(link) == path
                     conn = await server.accept()
                     got = await read_exactly(conn, len(offline_sent[-1]))
-                    assert sha(got) == sha(offline_sent[-1])
+                    assert sha256(got) == sha256(offline_sent[-1])
                     await conn.aclose()
         nursery.cancel_scope.cancel()
     assert len(log_lines(info_logs, "^connected to 127.0.0.1")) == 5
@@ -316,7 +318,7 @@ async def test_when_unread_buffer_keeps_the_remote_flowing_and_keeps_the_newest_
     parts = segments(received, payload)
     assert all(a + n <= b for (a, n), (b, _) in itertools.pairwise(parts)), parts
     assert parts[-1][0] + parts[-1][1] == len(payload)
-    assert sha(received[-scrollback:]) == sha(payload[-scrollback:])
+    assert sha256(received[-scrollback:]) == sha256(payload[-scrollback:])
     assert len(received) <= scrollback + datapath.CHUNK + 256 * 1024
 
 
@@ -347,7 +349,7 @@ async def test_a_bridge_that_ends_delivers_its_scrollback_to_a_late_reader_first
             while not codes:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
-    assert sha(got) == sha(payload)
+    assert sha256(got) == sha256(payload)
     assert codes == [0]
     assert not log_lines(info_logs, "scrollback; they are lost")
 
@@ -405,7 +407,7 @@ async def test_when_unread_block_backpressures_the_remote_warns_and_loses_nothin
                         got += len(chunk)
                     await wait_log(info_logs, r"^the local end is being read again")
             await conn.aclose()
-    assert received.hexdigest() == sha(payload)
+    assert received.hexdigest() == sha256(payload)
     assert log_lines(info_logs, "remote peer is stalled until something reads it")
 
 
@@ -431,7 +433,7 @@ async def test_second_client_reject_refuses_the_newcomer_and_keeps_the_session(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(first.send_all, payload)
                     got = await read_exactly(app, len(payload))
-                assert sha(got) == sha(payload)
+                assert sha256(got) == sha256(payload)
                 await app.send_all(b"after\n")
                 assert await read_exactly(first, 6) == b"after\n"
             await first.aclose()
@@ -472,7 +474,7 @@ async def test_second_client_replace_hands_over_without_losing_or_repeating_a_by
                 await new.send_all(b"new says hi\n")
                 assert await read_until(app, b"new says hi\n") == b"new says hi\n"
             await new.aclose()
-    assert sha(old_got + new_got) == sha(payload)
+    assert sha256(old_got + new_got) == sha256(payload)
     assert log_lines(info_logs, "replaces the session") == [
         f"{new_name} replaces the session with {old_name} (--second-client replace)"
     ]
@@ -519,7 +521,7 @@ async def test_handshake_timeout_drops_a_silent_client_while_a_good_one_gets_thr
                 payload = os.urandom(256 * 1024)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(good.send_all, payload)
-                    assert sha(await read_exactly(app, len(payload))) == sha(payload)
+                    assert sha256(await read_exactly(app, len(payload))) == sha256(payload)
                 rest, how = await read_to_eof(silent, timeout=3)
                 assert (rest, how) == (b"", "clean")
                 await app.send_all(b"still here\n")
@@ -547,9 +549,7 @@ async def test_a_dead_remote_does_not_hold_the_line_while_the_pty_is_unread(
             dead, dead_name = await tls_connect(ready.ports[0], ctx)
             await dead.send_all(os.urandom(64 * 1024))  # more than an unread pty holds
             await trio.sleep(0.3)
-            sock = dead.transport_stream.socket
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()  # the remote is gone for good (RST)
+            abort(dead.transport_stream.socket)  # the remote is gone for good (RST)
             await trio.sleep(4.5)  # > --idle-timeout + its 1 s check interval
             try:
                 new, new_name = await tls_connect(ready.ports[0], ctx)
@@ -608,7 +608,7 @@ async def test_sigterm_mid_transfer_delivers_in_flight_bytes_sends_close_notify_
     # Everything the bridge took from the pty (the traffic log records it as it is read)
     # reached the remote before the bridge exited.
     logged = logfile.read_bytes()
-    assert len(received) == len(logged) and sha(received) == sha(logged)
+    assert len(received) == len(logged) and sha256(received) == sha256(logged)
     assert 2 * MiB <= len(received) <= written + 64 * 1024  # + a write cut short by EIO
     log = proc.log()
     assert "SIGTERM: shutting down (in-flight bytes first)" in log

@@ -31,7 +31,7 @@ from trio.testing import assert_checkpoints
 from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.scrollback import ScrollbackEnd
 from chardev_bridge.local.stdio import StdioEnd
-from chardev_bridge.local.termios_raw import make_raw
+from tests.support.streams import open_pty
 
 MiB = 1 << 20
 
@@ -242,13 +242,6 @@ async def test_scrollback_end_aclose_leaves_the_wrapped_local_end_to_its_owner()
 # -- PtyEnd ------------------------------------------------------------------------------------
 
 
-def open_app(path: str) -> trio.lowlevel.FdStream:
-    """The pty's slave opened as an application does (raw, non-blocking)."""
-    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    make_raw(fd)
-    return trio.lowlevel.FdStream(fd)
-
-
 @asynccontextmanager
 async def pty_pairs() -> AsyncIterator[Callable[[], Awaitable[tuple[PtyEnd, trio.abc.Stream]]]]:
     """A maker of (the bridge's PtyEnd, a stream over the slave as an application opens it);
@@ -258,7 +251,7 @@ async def pty_pairs() -> AsyncIterator[Callable[[], Awaitable[tuple[PtyEnd, trio
     async def maker() -> tuple[PtyEnd, trio.abc.Stream]:
         end = PtyEnd()
         await end.start()
-        app = open_app(end.path)
+        app = open_pty(end.path)
         made.extend((app, end))
         return end, app
 
@@ -403,7 +396,7 @@ async def test_pty_end_outlives_an_application_that_closes_its_side() -> None:
             await end.receive_some(100)
         assert quiet.cancelled_caught, "the bridge read something after the application left"
         await end.send_all(b"for whoever opens it next")
-        async with open_app(end.path) as later:
+        async with open_pty(end.path) as later:
             with trio.fail_after(5):
                 assert await later.receive_some(100) == b"for whoever opens it next"
 

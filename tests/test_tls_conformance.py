@@ -21,14 +21,12 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.tls.stream import TLSStream
 from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
 from tests.support.certs import PKI
-from tests.support.net import client_context
+from tests.support.net import HOST, client_context
 from tests.support.peers import require_tool
 from tests.support.procs import Peer, running_peer
 from tests.support.streams import open_pty, read_until
 
 pytestmark = pytest.mark.interop
-
-HOST = "127.0.0.1"
 
 
 def listening_bridge(pki: PKI, local: LocalSpec | None = None) -> BridgeConfig:

@@ -6,7 +6,6 @@ never stops the data path and is reported once."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
@@ -24,16 +23,12 @@ from tests.support.bridges import log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
 from tests.support.net import HOST, client_context, tls_connect
 from tests.support.procs import cli_bridge
-from tests.support.streams import open_pty, read_exactly
+from tests.support.streams import open_pty, read_exactly, sha256
 
 HEX_LINE = re.compile(
     r"^(?P<stamp>\S+) (?P<dir>[<>]) (?P<offset>[0-9a-f]{4})  (?P<hex>(?:[0-9a-f]{2} )*[0-9a-f]{2})"
     r" *  \|(?P<text>[^\n]*)\|$"
 )
-
-
-def sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def serving(pki: PKI, log: TrafficLogConfig, **kw: Any) -> BridgeConfig:
@@ -48,7 +43,7 @@ def serving(pki: PKI, log: TrafficLogConfig, **kw: Any) -> BridgeConfig:
     )
 
 
-async def exchange(pki: PKI, cfg: BridgeConfig, to_remote: bytes, to_local: bytes) -> None:
+async def one_session(pki: PKI, cfg: BridgeConfig, to_remote: bytes, to_local: bytes) -> None:
     """One session: the pty application sends ``to_remote``, the remote sends ``to_local``."""
     async with running_bridge(cfg) as ready:
         assert ready.pty_path is not None
@@ -56,8 +51,8 @@ async def exchange(pki: PKI, cfg: BridgeConfig, to_remote: bytes, to_local: byte
         async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
             nursery.start_soon(app.send_all, to_remote)
             nursery.start_soon(conn.send_all, to_local)
-            assert sha(await read_exactly(conn, len(to_remote))) == sha(to_remote)
-            assert sha(await read_exactly(app, len(to_local))) == sha(to_local)
+            assert sha256(await read_exactly(conn, len(to_remote))) == sha256(to_remote)
+            assert sha256(await read_exactly(app, len(to_local))) == sha256(to_local)
         await conn.aclose()
 
 
@@ -66,9 +61,9 @@ async def test_raw_log_holds_exactly_what_went_to_the_remote(pki: PKI, tmp_path:
     path.write_bytes(b"stale content from an earlier run")
     to_remote, to_local = os.urandom(1 << 20), os.urandom(300_000)
     with trio.fail_after(30):
-        await exchange(pki, serving(pki, TrafficLogConfig(path)), to_remote, to_local)
+        await one_session(pki, serving(pki, TrafficLogConfig(path)), to_remote, to_local)
     # QEMU's logfile: the bytes sent to the remote, nothing else, the old file truncated.
-    assert sha(path.read_bytes()) == sha(to_remote)
+    assert sha256(path.read_bytes()) == sha256(to_remote)
 
 
 async def test_logappend_keeps_earlier_content(pki: PKI, tmp_path: Path) -> None:
@@ -76,8 +71,8 @@ async def test_logappend_keeps_earlier_content(pki: PKI, tmp_path: Path) -> None
     path.write_bytes(b"earlier\n")
     with trio.fail_after(30):
         cfg = serving(pki, TrafficLogConfig(path, append=True))
-        await exchange(pki, cfg, b"first session\n", b"ignored")
-        await exchange(pki, cfg, b"second session\n", b"ignored")
+        await one_session(pki, cfg, b"first session\n", b"ignored")
+        await one_session(pki, cfg, b"second session\n", b"ignored")
     assert path.read_bytes() == b"earlier\nfirst session\nsecond session\n"
 
 
@@ -113,7 +108,7 @@ async def test_hex_log_of_both_directions_has_stamped_direction_marked_lines(
     began = dt.datetime.now(dt.UTC)
     with trio.fail_after(30):
         log = TrafficLogConfig(path, direction="both", format="hex")
-        await exchange(pki, serving(pki, log), to_remote, to_local)
+        await one_session(pki, serving(pki, log), to_remote, to_local)
     ended = dt.datetime.now(dt.UTC)
     text = path.read_text()
     got = parse_hex_log(text)
@@ -140,8 +135,8 @@ async def test_unwritable_log_never_stops_the_data_path_and_is_reported_once(
     to_remote, to_local = os.urandom(256 * 1024), os.urandom(128 * 1024)
     log = TrafficLogConfig(Path("/dev/full"), direction="both", format="hex")
     with trio.fail_after(30):
-        await exchange(pki, serving(pki, log), to_remote, to_local)
-        await exchange(pki, serving(pki, log), b"again\n", b"and again\n")
+        await one_session(pki, serving(pki, log), to_remote, to_local)
+        await one_session(pki, serving(pki, log), b"again\n", b"and again\n")
     lines = log_lines(info_logs, "^traffic log")
     assert (
         lines
@@ -218,9 +213,9 @@ async def test_cli_traffic_log_to_dev_full_keeps_forwarding(pki: PKI) -> None:
             conn, _ = await tls_connect(await proc.port(), client_context(pki.client_dir))
             async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 nursery.start_soon(app.send_all, payload)
-                assert sha(await read_exactly(conn, len(payload))) == sha(payload)
+                assert sha256(await read_exactly(conn, len(payload))) == sha256(payload)
                 nursery.start_soon(conn.send_all, payload)
-                assert sha(await read_exactly(app, len(payload))) == sha(payload)
+                assert sha256(await read_exactly(app, len(payload))) == sha256(payload)
             await conn.aclose()
             await proc.wait_for(r"disconnected from 127\.0\.0\.1")
             assert proc.proc.poll() is None

@@ -24,10 +24,10 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.share.viewers import ViewersConfig
-from tests.support.bridges import running_bridge
+from tests.support.bridges import attach_viewer, running_bridge
 from tests.support.net import HOST, free_port, tcp_connect
-from tests.support.procs import ENV, CliBridge, cli_bridge
-from tests.support.streams import open_pty, read_exactly, read_to_eof, sha256
+from tests.support.procs import ENV, cli_bridge, rss_kib
+from tests.support.streams import assert_silent, open_pty, read_exactly, read_to_eof, sha256
 
 MiB = 1 << 20
 
@@ -35,23 +35,6 @@ MiB = 1 << 20
 def serving(viewers: str, *extra: str) -> list[str]:
     """A listening plain-TCP bridge with a pty local end and ``--viewers viewers``."""
     return ["--server", "--host", HOST, "--port", "0", "--viewers", viewers, *extra]
-
-
-async def attach(path: Path, *, rcvbuf: int | None = None) -> trio.SocketStream:
-    """A viewer on the unix viewer socket (``rcvbuf``: a small receive buffer, so that a
-    viewer that never reads is soon behind)."""
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    await sock.connect(str(path))
-    return trio.SocketStream(sock)
-
-
-async def no_more_bytes(stream: trio.abc.ReceiveStream, wait: float = 0.5) -> None:
-    """Nothing else arrives within ``wait`` seconds."""
-    with trio.move_on_after(wait):
-        extra = await stream.receive_some()
-        raise AssertionError(f"unexpected bytes: {extra[:80]!r}")
 
 
 async def test_two_viewers_get_the_replay_then_the_live_output_and_never_the_local_bytes(
@@ -67,11 +50,11 @@ async def test_two_viewers_get_the_replay_then_the_live_output_and_never_the_loc
             async with open_pty(pty_path) as app:
                 await remote.send_all(history)
                 assert sha256(await read_exactly(app, len(history))) == sha256(history)
-                one = await attach(path)
+                one = await attach_viewer(path)
                 await proc.wait_for(
                     rf"viewer 1 attached from {re.escape(str(path))} .*\(1 watching\)"
                 )
-                two = await attach(path)
+                two = await attach_viewer(path)
                 await proc.wait_for(r"viewer 2 attached from .*\(2 watching\)")
                 # What the user types goes to the remote only.
                 await app.send_all(typed)
@@ -83,7 +66,7 @@ async def test_two_viewers_get_the_replay_then_the_live_output_and_never_the_loc
                 for viewer in (one, two):
                     got = await read_exactly(viewer, len(wanted))
                     assert sha256(got) == sha256(wanted)
-                    await no_more_bytes(viewer)
+                    await assert_silent(viewer)
                 await one.aclose()
                 await proc.wait_for(
                     rf"viewer 1 detached after \d+\.\ds: {len(wanted)} bytes sent,"
@@ -102,7 +85,7 @@ async def test_what_a_viewer_types_is_discarded_counted_and_never_reaches_the_re
             pty_path = await proc.pty_path()
             remote, _ = await tcp_connect(await proc.port())
             async with open_pty(pty_path) as app:
-                viewer = await attach(path)
+                viewer = await attach_viewer(path)
                 await proc.wait_for(r"viewer 1 attached")
                 await viewer.send_all(b"reboot\r\n")
                 await viewer.send_all(b"x" * 100_000)
@@ -113,7 +96,7 @@ async def test_what_a_viewer_types_is_discarded_counted_and_never_reaches_the_re
                 )
                 await app.send_all(b"uptime\n")
                 assert await read_exactly(remote, 7) == b"uptime\n"
-                await no_more_bytes(remote)
+                await assert_silent(remote)
                 await remote.send_all(b"up 3 days\n")
                 assert await read_exactly(app, 10) == b"up 3 days\n"
             await remote.aclose()
@@ -134,9 +117,9 @@ async def test_a_viewer_that_never_reads_neither_slows_a_24_mib_burst_nor_anothe
                 nursery.start_soon(remote.send_all, burst)
                 assert sha256(await read_exactly(app, len(burst), timeout=60)) == sha256(burst)
                 alone = trio.current_time() - began
-                stalled = await attach(path, rcvbuf=4096)
+                stalled = await attach_viewer(path, rcvbuf=4096)
                 await proc.wait_for(r"viewer 1 attached")
-                reader = await attach(path)
+                reader = await attach_viewer(path)
                 await proc.wait_for(r"viewer 2 attached")
                 at_viewer = hashlib.sha256()
                 viewer_got = 0
@@ -185,13 +168,13 @@ async def test_memory_stays_bounded_with_16_stalled_viewers_and_a_pouring_remote
             async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
                 await remote.send_all(b"warm up\n")
                 await read_exactly(app, 8)
-                stalled = [await attach(path, rcvbuf=4096) for _ in range(16)]
+                stalled = [await attach_viewer(path, rcvbuf=4096) for _ in range(16)]
                 await proc.wait_for(r"\(16 watching\)")
-                extra = await attach(path)
+                extra = await attach_viewer(path)
                 refusal, _ = await read_to_eof(extra)
                 assert refusal == b"chardev-bridge: too many viewers (--max-viewers), try later\r\n"
                 await proc.wait_for(r"viewer from .* refused: 16 viewers are watching")
-                baseline = _peak_kib(proc)
+                baseline = rss_kib(proc.pid, "VmHWM")
 
                 async def pour_remote() -> None:
                     block = os.urandom(MiB)
@@ -202,7 +185,7 @@ async def test_memory_stays_bounded_with_16_stalled_viewers_and_a_pouring_remote
                 left = pour
                 while left:
                     left -= len(await app.receive_some(min(left, MiB)))
-                growth_mib = (_peak_kib(proc) - baseline) / 1024
+                growth_mib = (rss_kib(proc.pid, "VmHWM") - baseline) / 1024
                 await proc.wait_for(r"viewer \d+ disconnected: it fell \d+ bytes behind", skip=15)
             print(f"peak RSS growth with 16 stalled viewers, 64 MiB poured: {growth_mib:.1f} MiB")
             # Each stalled viewer holds at most 1 MiB (shared chunks: usually far less).
@@ -210,14 +193,6 @@ async def test_memory_stays_bounded_with_16_stalled_viewers_and_a_pouring_remote
             for viewer in [*stalled, extra]:
                 await viewer.aclose()
             await remote.aclose()
-
-
-def _peak_kib(proc: CliBridge) -> int:
-    with open(f"/proc/{proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise LookupError("VmHWM")
 
 
 async def test_viewer_socket_is_born_0600_takes_viewers_mode_and_is_removed_at_exit(
@@ -266,7 +241,7 @@ async def test_a_connecting_bridge_with_a_socket_local_end_serves_tcp_viewers_on
             assert await read_exactly(local, 5) == b"live\n"
             # The replay (the last 5 bytes the remote sent), then the live bytes.
             assert await read_exactly(viewer, 10) == b"ocal\nlive\n"
-            await no_more_bytes(viewer)
+            await assert_silent(viewer)
             await viewer.aclose()
             await remote.aclose()
             await local.aclose()
@@ -294,7 +269,7 @@ async def test_viewers_watch_a_stdio_bridge_and_never_see_its_stdin(tmp_path: Pa
             remote = await listener.accept()
             while not path.exists():
                 await trio.sleep(0.02)
-            viewer = await attach(path)
+            viewer = await attach_viewer(path)
             while "viewer 1 attached" not in stderr.read_text():
                 await trio.sleep(0.02)
             await proc.stdin.send_all(b"typed on stdin\n")
@@ -302,7 +277,7 @@ async def test_viewers_watch_a_stdio_bridge_and_never_see_its_stdin(tmp_path: Pa
             await remote.send_all(b"printed by the remote\n")
             assert await read_exactly(proc.stdout, 22) == b"printed by the remote\n"
             assert await read_exactly(viewer, 22) == b"printed by the remote\n"
-            await no_more_bytes(viewer)
+            await assert_silent(viewer)
             await viewer.aclose()
             await remote.aclose()
             await proc.stdin.aclose()
@@ -327,9 +302,9 @@ async def test_counters_for_a_status_endpoint_count_viewers_and_discarded_bytes(
             assert ready.share is not None and ready.pty_path is not None
             remote, _ = await tcp_connect(ready.ports[0])
             async with open_pty(ready.pty_path) as app:
-                stalled = await attach(path, rcvbuf=4096)
+                stalled = await attach_viewer(path, rcvbuf=4096)
                 await stalled.send_all(b"ignored")
-                refused = await attach(path)
+                refused = await attach_viewer(path)
                 await read_to_eof(refused)
                 snap = ready.share.snapshot()
                 assert (snap.viewers_attached, snap.viewers_refused) == (1, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def abort(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Close with a reset (SO_LINGER 0, no FIN, no close_notify), as a crashing peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 async def tcp_connect(port: int) -> tuple[trio.SocketStream, str]:

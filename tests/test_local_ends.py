@@ -30,7 +30,7 @@ from chardev_bridge.local.tty import (
 )
 from tests.support.bridges import log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
-from tests.support.net import client_context, tcp_connect
+from tests.support.net import HOST, client_context, tcp_connect
 from tests.support.streams import open_pty, read_exactly, read_until
 
 
@@ -571,3 +571,22 @@ async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
             await client.aclose()
     assert bytes(got) == b"hello guest\n"
     assert "local end unix " + path + " not there" in caplog.text
+
+
+async def test_unix_listen_start_up_check_does_not_connect_to_a_live_listener(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "q.sock")
+    remote = (await trio.open_tcp_listeners(0, host=HOST))[0]
+    cfg = BridgeConfig(
+        host=HOST, port=remote.socket.getsockname()[1], local=LocalSpec("unix-listen", path=path),
+        reconnect=0.1,
+    )  # fmt: skip
+    with trio.fail_after(10):
+        async with running_bridge(cfg):
+            with pytest.raises(OSError, match="another process is listening on this socket"):
+                await UnixListenEnd(path).start()
+            # The running bridge saw no local client, so it called no remote.
+            with trio.move_on_after(1) as nothing:
+                await remote.accept()
+            assert nothing.cancelled_caught

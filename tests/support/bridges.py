@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.cli import build_parser, config_from_args
+from tests.support.net import HOST
 
 LOGGER = "chardev_bridge"
 
@@ -26,6 +28,18 @@ async def running_bridge(cfg: BridgeConfig) -> AsyncIterator[BridgeReady]:
         ready: BridgeReady = await nursery.start(run_bridge, cfg)
         yield ready
         nursery.cancel_scope.cancel()
+
+
+def listening_config(creds: Path | None = None, **kw: Any) -> BridgeConfig:
+    """A bridge listening on 127.0.0.1 (kernel-chosen port) with a pty local end unless
+    ``local`` says otherwise; TLS with the credentials dir ``creds`` if given."""
+    return BridgeConfig(listen=True, host=HOST, port=0, tls_creds=creds, **kw)
+
+
+def connecting_config(port: int, creds: Path | None = None, **kw: Any) -> BridgeConfig:
+    """A bridge connecting to 127.0.0.1:``port`` with a pty local end unless ``local`` says
+    otherwise; TLS with the credentials dir ``creds`` if given."""
+    return BridgeConfig(host=HOST, port=port, tls_creds=creds, **kw)
 
 
 def cli_config(*argv: str) -> BridgeConfig:

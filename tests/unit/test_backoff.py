@@ -1,20 +1,20 @@
-"""Reconnect delays: a refused connection is retried fast, anything else gently."""
+"""Reconnect delays (a refused connection is retried fast, anything else gently) and the repeat
+filter that keeps their log lines few."""
 
 from __future__ import annotations
 
 import errno
-import itertools
 import random
-import socket
 
-import pytest
 import trio
 
-from chardev_bridge.bridge.config import BridgeConfig
-from chardev_bridge.common.backoff import REFUSED_INITIAL, ReconnectBackoff, is_refused
-from chardev_bridge.local import LocalSpec
-from tests.support.bridges import running_bridge, wait_log
-from tests.support.net import HOST, free_port
+from chardev_bridge.common.backoff import (
+    REFUSED_INITIAL,
+    Backoff,
+    ReconnectBackoff,
+    RepeatFilter,
+    is_refused,
+)
 
 
 def nominal(delays: list[float], expected: list[float]) -> bool:
@@ -73,26 +73,24 @@ def test_only_a_refusal_on_every_address_counts_as_refused() -> None:
     assert not is_refused(ConnectionResetError(errno.ECONNRESET, "reset"))
 
 
-async def test_a_refused_bridge_reaches_a_server_within_reconnect_seconds_of_it_listening(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level("INFO", logger="chardev_bridge")
-    reconnect = 1.0
-    port = free_port()
-    cfg = BridgeConfig(host=HOST, port=port, local=LocalSpec("pty"), reconnect=reconnect)
-    with trio.fail_after(20):
-        async with running_bridge(cfg):
-            # QEMU restarting: refused for 3 s (a gentle backoff would now wait 4 s more).
-            await trio.sleep(3.0)
-            with socket.socket() as server:
-                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                server.bind((HOST, port))
-                server.listen(1)
-                listening = trio.current_time()
-                await wait_log(caplog, r"^connected to ")
-                lag = trio.current_time() - listening
-    assert lag <= reconnect + 0.3, lag
-    # The refusals are still logged at the 1st, 2nd, 4th... time only.
-    errors = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
-    counts = [1] + [int(e.split("(")[-1].split()[0]) for e in errors[1:]]
-    assert all(b == 2 * a for a, b in itertools.pairwise(counts)), errors
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    random.seed(4)
+    backoff = Backoff(0.5, 30.0)
+    nominal = [0.5, 1, 2, 4, 8, 16, 30, 30, 30, 30]
+    delays = [backoff.next_delay() for _ in nominal]
+    for delay, expected in zip(delays, nominal, strict=True):
+        assert 0.8 * expected <= delay <= expected
+    # Jitter: capped delays are not all the same (spreads many bridges' retries).
+    assert len({round(d, 6) for d in delays[-4:]}) > 1
+    backoff.reset()
+    assert 0.4 <= backoff.next_delay() <= 0.5
+    assert Backoff(0.0, 30.0).next_delay() == 0.0
+
+
+def test_repeated_failures_are_logged_at_1_2_4_8_and_a_new_one_at_once() -> None:
+    repeats = RepeatFilter()
+    logged = [n for n in range(1, 101) if repeats.should_log("refused")[0]]
+    assert logged == [1, 2, 4, 8, 16, 32, 64]
+    assert repeats.should_log("another cause") == (True, 1)
+    repeats.reset()
+    assert repeats.should_log("another cause") == (True, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 import chardev_bridge
 from chardev_bridge.bridge.datapath import Carry, Session, splice
+from chardev_bridge.bridge.verdict import FailureKind
 
 chunks = st.lists(st.binary(min_size=1, max_size=300), max_size=20)
 
@@ -298,3 +300,92 @@ def test_small_reads_stay_off_mmap_once_threshold_raised() -> None:
     # The premise: without the call, each 1-byte read of CHUNK keeps a page mapped of its own.
     assert _mmapped_by_small_reads("plain") >= 100 * 4096
     assert _mmapped_by_small_reads("fixed") == 0
+
+
+class _RemoteThatCannotTakeMore(trio.abc.HalfCloseableStream):
+    """A remote whose last words have already arrived and to which every send fails."""
+
+    def __init__(self, arrived: trio.abc.ReceiveStream) -> None:
+        self.arrived = arrived
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("[Errno 32] Broken pipe")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.arrived.receive_some(4096)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _RemoteThatResetsThenAlerts(trio.abc.HalfCloseableStream):
+    """A server that sent an alert and closed: our send meets the reset before our receive
+    has read the alert."""
+
+    def __init__(self) -> None:
+        self.send_failed = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.send_failed.set()
+        raise trio.BrokenResourceError from ConnectionResetError(104, "Connection reset by peer")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self.send_failed.wait()
+        alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+        alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+        raise trio.BrokenResourceError from alert
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.trio
+async def test_the_alert_a_remote_sent_is_its_failure_even_when_a_send_failed_first() -> None:
+    app, local = trio.testing.memory_stream_pair()
+    await app.send_all(b"typed\n")
+    session = Session(local, _RemoteThatResetsThenAlerts(), local_persistent=False)
+    with trio.fail_after(10):
+        stats = await session.run()
+    assert stats.failure is not None
+    assert stats.failure.side == "remote"
+    assert stats.failure.kind is FailureKind.PEER_ALERT
+    assert str(stats.failure) == "the peer rejected our certificate: unknown CA (alert unknown_ca)"
+
+
+@pytest.mark.trio
+async def test_a_failed_send_still_delivers_what_the_remote_had_sent() -> None:
+    app, local = trio.testing.memory_stream_pair()
+    remote_side, arrived = trio.testing.memory_stream_pair()
+    reply = os.urandom(40_000)
+    await remote_side.send_all(reply)
+    await remote_side.send_eof()
+    got = bytearray()
+
+    async def application() -> None:
+        got.extend(await app.receive_some(4096))
+        await app.send_all(b"next command\n")  # the send to the remote fails
+        while data := await app.receive_some():
+            got.extend(data)
+
+    session = Session(local, _RemoteThatCannotTakeMore(arrived), local_persistent=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(application)
+            stats = await session.run()
+            await local.aclose()
+    assert bytes(got) == reply
+    assert stats.failure is not None and stats.failure.side == "remote"

@@ -1,4 +1,4 @@
-"""Fixtures shared by every kind of test: throw-away PKIs and the bridge's log lines."""
+"""Fixtures shared by every kind of test: throw-away PKIs, the bridge's log lines, PSK keys."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from chardev_bridge.qemu import pki as pkimod
 from tests.support.bridges import LOGGER
 from tests.support.certs import PKI, make_pki
+from tests.support.psk import KEY, OTHER_KEY, require_psk_route, write_keys
 
 
 @pytest.fixture
@@ -29,11 +31,32 @@ def make_other_pki(tmp_path: Path) -> Callable[[str], PKI]:
     return factory
 
 
+@pytest.fixture(scope="module")
+def creds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `creds init` root (``ca/``, ``server/``, ``client/``) that a module's tests share and
+    do not change; the client DN is the one QEMU's documentation uses."""
+    root = tmp_path_factory.mktemp("pki") / "creds"
+    pkimod.init_pki(root, client_dn="C=GB,O=QEMU Test,CN=client.example.com")
+    return root
+
+
 @pytest.fixture
 def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """``caplog`` capturing the bridge's INFO lines and above."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     return caplog
+
+
+@pytest.fixture
+def psk_route() -> str:
+    """The PSK route of this Python; skip without one (fail under CI=true)."""
+    return require_psk_route()
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    """``keys.psk`` with the user ``qemu`` (QEMU's default) and one more."""
+    return write_keys(tmp_path / "psk", f"qemu:{KEY.hex()}\nalice:{OTHER_KEY.hex()}\n")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from tests.support.bridges import running_bridge
-from tests.support.certs import PKI
+from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
+from tests.support.certs import PKI, subject_dn
 from tests.support.net import free_port
-from tests.support.streams import open_pty, read_exactly, read_until
+from tests.support.streams import exchange, open_pty, read_exactly, read_until, sha256
 
 SIZE = 32 * 1024 * 1024
 
@@ -205,3 +206,31 @@ async def test_ipv6_and_names_work_for_listening_and_connecting(
     if host == "::1":
         assert f"listening on [::1]:{server.ports[0]} (TLS)" in caplog.text
         assert f"connected to [::1]:{server.ports[0]}" in caplog.text
+
+
+async def test_bridges_pair_with_tls_roles_opposite_to_tcp_roles(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture_bridge_logs(caplog)
+    # TCP server + TLS client; it checks the TLS server's certificate against its --host,
+    # 127.0.0.1 (an IP SAN).
+    listener = BridgeConfig(
+        listen=True, host="127.0.0.1", port=0, tls_creds=pki.client_dir, tls_endpoint="client"
+    )
+    async with running_bridge(listener) as a:
+        # TCP client + TLS server; it requires the TLS client's certificate.
+        connector = BridgeConfig(
+            host="127.0.0.1", port=a.ports[0], tls_creds=pki.server_dir, tls_endpoint="server"
+        )
+        async with running_bridge(connector) as b:
+            assert a.pty_path is not None and b.pty_path is not None
+            async with open_pty(a.pty_path) as tty_a, open_pty(b.pty_path) as tty_b:
+                up, down = os.urandom(256 * 1024), os.urandom(256 * 1024)
+                at_b, at_a = await exchange(tty_a, tty_b, up, down)
+                assert sha256(at_b) == sha256(up)
+                assert sha256(at_a) == sha256(down)
+    client_dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
+    server_dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
+    # Each names the other's certificate: the TCP server got the TLS server's certificate.
+    await wait_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 .*'{server_dn}'")
+    await wait_log(caplog, rf"^connected to 127\.0\.0\.1:\d+: TLSv1\.3 .*'{client_dn}'")

@@ -24,7 +24,7 @@ from chardev_bridge.qemu import pki as pkimod
 from chardev_bridge.qemu.creds_cli import _parser as creds_parser
 from tests.support.certs import PKI, make_pki
 from tests.support.net import HOST, TlsServer, expect_failed_handshake, free_port, server_context
-from tests.support.peers import Qemu, qemu_tls_server_args, require_qemu, require_tool
+from tests.support.peers import require_tool
 from tests.support.procs import (
     ENV,
     LINE,
@@ -40,28 +40,20 @@ from tests.support.streams import open_pty
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.fixture
-def pki_root(tmp_path: Path) -> Path:
-    """A directory as `creds init` makes it."""
-    root = tmp_path / "pki"
-    pkimod.init_pki(root)
-    return root
-
-
 # -- credentials given for the wrong role, or not at all -----------------------------------
 
 
 @pytest.mark.parametrize(("listen", "role"), [(True, "server"), (False, "client")])
 def test_a_creds_init_root_is_named_once_with_the_subdirectory_the_role_needs(
-    pki_root: Path, listen: bool, role: str
+    creds_root: Path, listen: bool, role: str
 ) -> None:
     args = ["--server", "--port", "0"] if listen else ["--host", HOST, "--port", str(free_port())]
-    proc = run_cli(*args, "--tls-creds", str(pki_root))
+    proc = run_cli(*args, "--tls-creds", str(creds_root))
     assert proc.returncode == 1, proc.stderr
     why = "it listens: --server" if listen else "it connects: no --server"
     assert stderr_messages(proc.stderr) == [
-        f"--tls-creds {pki_root} is the root that `creds init` made, not a credentials"
-        f" directory: as the TLS {role} ({why}) this bridge needs --tls-creds {pki_root / role}"
+        f"--tls-creds {creds_root} is the root that `creds init` made, not a credentials"
+        f" directory: as the TLS {role} ({why}) this bridge needs --tls-creds {creds_root / role}"
     ]
     assert "Unable to access credentials" not in proc.stderr
 
@@ -73,64 +65,67 @@ def test_a_missing_credentials_directory_is_one_line(tmp_path: Path) -> None:
     assert stderr_messages(proc.stderr) == [f"--tls-creds {missing}: no such directory"]
 
 
-def test_the_ca_directory_is_refused_keeping_its_key_off_the_bridge(pki_root: Path) -> None:
-    proc = run_cli("--server", "--port", "0", "--tls-creds", str(pki_root / "ca"))
+def test_the_ca_directory_is_refused_keeping_its_key_off_the_bridge(creds_root: Path) -> None:
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(creds_root / "ca"))
     assert proc.returncode == 1
     assert stderr_messages(proc.stderr) == [
-        f"--tls-creds {pki_root}/ca is the CA directory `creds init` made (it holds the CA's"
+        f"--tls-creds {creds_root}/ca is the CA directory `creds init` made (it holds the CA's"
         " private key; keep it off the bridge): as the TLS server (it listens: --server) this"
-        f" bridge needs --tls-creds {pki_root}/server"
+        f" bridge needs --tls-creds {creds_root}/server"
     ]
 
 
 def test_server_credentials_on_a_connecting_bridge_are_refused_before_it_connects(
-    pki_root: Path,
+    creds_root: Path,
 ) -> None:
     with socket.socket() as listener:
         listener.bind((HOST, 0))
         listener.listen(4)
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        proc = run_cli("--host", HOST, "--port", str(port), "--tls-creds", str(pki_root / "server"))
+        proc = run_cli(
+            "--host", HOST, "--port", str(port), "--tls-creds", str(creds_root / "server")
+        )
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected
     assert proc.returncode == 1
     assert proc.stdout == ""  # no pty was made either
     assert stderr_messages(proc.stderr) == [
-        f"--tls-creds {pki_root}/server holds server credentials (server-cert.pem,"
+        f"--tls-creds {creds_root}/server holds server credentials (server-cert.pem,"
         " server-key.pem), not client ones: it has no client-cert.pem or client-key.pem; this"
         " bridge is the TLS client (it connects: no --server): give it client credentials"
-        f" (--tls-creds {pki_root}/client), or make it the TLS server with --tls-endpoint server"
+        f" (--tls-creds {creds_root}/client), or make it the TLS server with --tls-endpoint server"
     ]
 
 
 def test_client_credentials_on_a_listening_bridge_name_only_the_files_the_server_needs(
-    pki_root: Path,
+    creds_root: Path,
 ) -> None:
-    proc = run_cli("--server", "--port", "0", "--tls-creds", str(pki_root / "client"))
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(creds_root / "client"))
     assert proc.returncode == 1
     [line] = stderr_messages(proc.stderr)
     assert line == (
-        f"--tls-creds {pki_root}/client holds client credentials (client-cert.pem,"
+        f"--tls-creds {creds_root}/client holds client credentials (client-cert.pem,"
         " client-key.pem), not server ones: it has no server-cert.pem or server-key.pem; this"
         " bridge is the TLS server (it listens: --server): give it server credentials"
-        f" (--tls-creds {pki_root}/server), or make it the TLS client with --tls-endpoint client"
+        f" (--tls-creds {creds_root}/server), or make it the TLS client with --tls-endpoint client"
     )
     # Optional files (dh-params.pem, ca-crl.pem) are nobody's problem here.
     assert "dh-params" not in line and "ca-crl" not in line
 
 
-def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(pki_root: Path) -> None:
-    proc = run_cli("creds", "check", str(pki_root / "server"), "--endpoint", "client")
+def test_creds_check_of_a_server_dir_as_a_client_endpoint_fails_saying_so(creds_root: Path) -> None:
+    proc = run_cli("creds", "check", str(creds_root / "server"), "--endpoint", "client")
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
-        f"error: {pki_root}/server holds server credentials (server-cert.pem, server-key.pem),"
+        f"error: {creds_root}/server holds server credentials (server-cert.pem, server-key.pem),"
         " not client ones: it has no client-cert.pem or client-key.pem; check it with"
         " --endpoint server, or check the client dir"
     ]
     # The right endpoint still passes.
     assert (
-        run_cli("creds", "check", str(pki_root / "server"), "--endpoint", "server").returncode == 0
+        run_cli("creds", "check", str(creds_root / "server"), "--endpoint", "server").returncode
+        == 0
     )
 
 
@@ -230,54 +225,6 @@ async def test_the_bridge_commands_creds_init_prints_work_together(tmp_path: Pat
 # -- what the session's end says -----------------------------------------------------------
 
 
-@pytest.fixture
-def qemu_dirs(pki: PKI) -> PKI:
-    """The test PKI with DH parameters in the server dir: QEMU starts without generating them."""
-    (pki.server_dir / "dh-params.pem").write_bytes(pkimod.dh_params_pem())
-    return pki
-
-
-@pytest.mark.interop
-def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
-    qemu_dirs: PKI, tmp_path: Path
-) -> None:
-    require_qemu()
-    bare = tmp_path / "ca-only"
-    bare.mkdir()
-    shutil.copy(qemu_dirs.client_dir / "ca-cert.pem", bare)
-    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu:
-        port = qemu.port("mon0")
-        proc = run_cli("--host", HOST, "--port", str(port), "--tls-creds", str(bare), "-q")
-    assert proc.returncode == 1
-    assert "rejected our client certificate" not in proc.stderr
-    assert stderr_messages(proc.stderr)[-1].endswith(
-        "remote failed: the server closed the connection right after the handshake without a"
-        " TLS alert: it probably requires a client certificate, and we sent none"
-        f" ({bare} has no client-cert.pem and client-key.pem)"
-    ), proc.stderr
-
-
-@pytest.mark.interop
-async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_tls(
-    qemu_dirs: PKI,
-) -> None:
-    require_qemu()
-    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu, trio.fail_after(30):
-        port = qemu.port("mon0")
-        async with cli_bridge(["--host", HOST, "--port", str(port)]) as bridge:
-            pty_path = await bridge.pty_path()
-            await bridge.wait_for(rf"{LINE}connected to 127\.0\.0\.1:{port}: plain TCP$")
-            app = open_pty(pty_path)
-            await app.send_all(b"help\r\n")
-            assert await exit_status(bridge) == 1
-            await app.aclose()
-    assert stderr_messages(bridge.log())[-1].endswith(
-        "; remote failed: the peer reset the connection right after our first bytes, having"
-        " sent nothing: it may expect TLS (a QEMU chardev with tls-creds, a bridge with"
-        " --tls-creds): give --tls-creds DIR"
-    ), bridge.log()
-
-
 async def test_a_tls_bridge_closing_on_our_plain_bytes_gets_the_tls_hint(pki: PKI) -> None:
     listening = ["--server", "--host", HOST, "--port", "0", "--tls-creds", str(pki.server_dir)]
     with trio.fail_after(30):
@@ -332,73 +279,6 @@ async def test_a_refused_connection_is_the_last_line_after_the_pty_and_suggests_
         f"cannot connect to 127.0.0.1:{port}: connection refused: nothing listens there yet"
         " (with --reconnect SECONDS the bridge retries until something does)"
     )
-
-
-@pytest.mark.interop
-def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_time(
-    qemu_dirs: PKI,
-) -> None:
-    require_qemu()
-    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
-    command = b'{"execute":"qmp_capabilities"}\r\n'
-    with Qemu([*denied, *qemu_tls_server_args(qemu_dirs.server_dir, authz="auth0")]) as qemu:
-        port = qemu.port("mon0")
-        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
-        # stdin's EOF and QEMU's verdict race: which one the bridge sees first varies.
-        for attempt in range(20):
-            proc = subprocess.run(
-                bridge_cmd(*args, "--local", "stdio", "-q"),
-                env=ENV,
-                input=command,
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            err = proc.stderr.decode()
-            assert proc.returncode == 1, (attempt, err)
-            assert "it probably rejected our client certificate" in stderr_messages(err)[-1], err
-
-
-@pytest.mark.interop
-async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last_line(
-    qemu_dirs: PKI,
-) -> None:
-    require_qemu()
-    denied = ["-object", "authz-simple,id=auth0,identity=CN=someone-else.example.com"]
-    with Qemu([*denied, *qemu_tls_server_args(qemu_dirs.server_dir, authz="auth0")]) as qemu:
-        port = qemu.port("mon0")
-        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
-        with trio.fail_after(30):
-            async with cli_bridge([*args, "-q"]) as bridge:
-                assert (await bridge.pty_path()).startswith("/dev/pts/")
-                assert await exit_status(bridge) == 1
-    cert = qemu_dirs.client_dir / "client-cert.pem"
-    [line] = stderr_messages(bridge.log())  # -q: the error alone, after the pty line on stdout
-    assert re.fullmatch(
-        rf"disconnected from 127\.0\.0\.1:{port} after [\d.]+s: 0 bytes sent, 0 bytes received;"
-        r" remote failed: the server closed the connection right after the handshake without"
-        rf" a TLS alert: it probably rejected our client certificate {re.escape(str(cert))}"
-        r" \(QEMU does this when the certificate fails verification or tls-authz\)",
-        line,
-    ), line
-
-
-@pytest.mark.interop
-def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_dirs: PKI) -> None:
-    require_qemu()
-    with Qemu(qemu_tls_server_args(qemu_dirs.server_dir)) as qemu:
-        port = qemu.port("mon0")
-        args = ["--host", HOST, "--port", str(port), "--tls-creds", str(qemu_dirs.client_dir)]
-        proc = subprocess.run(
-            bridge_cmd(*args, "--local", "stdio"),
-            env=ENV,
-            input=b'{"execute":"qmp_capabilities"}\r\n',
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.startswith(b'{"QMP": {"version"')
 
 
 # -- start-up failures Python would word as [Errno N] ----------------------------------------

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import select
-import signal
 import time
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import trio
 
 from chardev_bridge.qemu import pki
 from tests.support.net import HOST, client_context, free_port, tls_connect
-from tests.support.peers import Qemu, require_qemu, tls_creds_args
 from tests.support.procs import CliBridge, cli_bridge, rss_kib
 from tests.support.streams import open_pty, poll_flags, read_until, sha256
 
@@ -124,74 +121,6 @@ async def test_far_bridge_sigkilled_mid_transfer_and_restarted_loses_nothing_aft
     log = client.log()
     assert log.count("local end: pty") == 1
     assert "cannot connect to 127.0.0.1" in log
-
-
-@pytest.mark.interop
-async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again(
-    creds: pki.PkiLayout, tmp_path: Path
-) -> None:
-    require_qemu()
-    port = free_port()
-    link = tmp_path / "vm-monitor"
-    qemu_args = [
-        *tls_creds_args("tls0", str(creds.server_dir), "server"),
-        "-chardev",
-        f"socket,id=mon0,host={HOST},port={port},server=on,wait=off,tls-creds=tls0",
-        "-mon",
-        "chardev=mon0,mode=control",
-    ]
-    args = ["--host", HOST, "--port", str(port), "--tls-creds", str(creds.client_dir)]
-    args += ["--reconnect", "0.2", "--reconnect-max", "1", "--link", str(link)]
-
-    def _query(n: int) -> bytes:
-        return b'{"execute":"query-status","id":%d}\r\n' % n
-
-    async def qmp(app: trio.abc.Stream, command: bytes) -> bytes:
-        await app.send_all(command + b"\r\n")
-        return await read_until(app, b"\r\n", timeout=10)
-
-    with trio.fail_after(60):
-        qemu = Qemu(qemu_args).__enter__()
-        try:
-            async with cli_bridge(args, name="bridge") as bridge:
-                pty_path = await bridge.pty_path()
-                async with open_pty(pty_path) as app:
-                    greeting = await read_until(app, b"\r\n")
-                    assert b'"QMP"' in greeting
-                    assert (
-                        await qmp(app, b'{"execute":"qmp_capabilities"}') == b'{"return": {}}\r\n'
-                    )
-                    # 500 pipelined commands; QEMU is killed while it answers them.
-                    await app.send_all(b"".join(_query(i) for i in range(500)))
-                    await read_until(app, b'"id": 20}', timeout=10)
-                    assert qemu.proc is not None
-                    qemu.proc.kill()
-                    qemu.proc.wait(timeout=10)
-                    qemu.close()
-                    qemu = Qemu(qemu_args).__enter__()
-                    # The same pty, the same fd: the new QEMU's greeting comes through it,
-                    # after the old QEMU's answers that had arrived before it died (the
-                    # session ends once they are read: remote bytes wait for the local end).
-                    seen = await read_until(app, b'{"QMP"', timeout=15)
-                    if b"\r\n" not in seen[seen.index(b'{"QMP"') :]:
-                        await read_until(app, b"\r\n")
-                    await app.send_all(b'{"execute":"qmp_capabilities"}\r\n')
-                    await read_until(app, b'{"return": {}}\r\n')
-                    # Everything written after the reconnection arrives once, in order.
-                    await app.send_all(b"".join(_query(i) for i in range(1000, 1200)))
-                    answers = await read_until(app, b'"id": 1199}\r\n', timeout=15)
-                    ids = [int(m) for m in re.findall(rb'"id": (\d+)}', answers)]
-                    assert ids == list(range(1000, 1200)), ids
-                    assert answers.count(b'"status": "prelaunch"') == 200
-                    assert bridge.count(r"disconnected from 127\.0\.0\.1") == 1
-                    assert os.readlink(link) == pty_path
-                    assert not poll_flags(app) & (select.POLLHUP | select.POLLERR)
-                bridge.signal(signal.SIGTERM)
-                assert await trio.to_thread.run_sync(bridge.wait) == 0
-        finally:
-            qemu.close()
-    assert bridge.count(r"connected to 127\.0\.0\.1:\d+: TLSv1\.3") == 2
-    assert not link.exists()
 
 
 # -- memory stays bounded while a reader dawdles ------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import trio
+
 from tests.support.bridges import listening_config, log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
 from tests.support.net import HOST, abort, client_context, tls_connect

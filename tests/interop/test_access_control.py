@@ -13,26 +13,24 @@ import json
 import logging
 import re
 import signal
-import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import run_bridge
-from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.policy import TLSPolicy, load_x509_creds, make_ssl_context
-from chardev_bridge.qemu.priority import LOCAL_POLICY_FILE, parse_priority
-from tests.support.bridges import running_bridge, wait_log
-from tests.support.certs import DAY, NOW, craft, write_dir
+from chardev_bridge.qemu.priority import LOCAL_POLICY_FILE
+from tests.support.bridges import connecting_config, listening_config, running_bridge, wait_log
+from tests.support.certs import DAY, SERVER_DN, Creds, make_creds
+from tests.support.credcases import CASES
 from tests.support.peers import (
     gnutls_cli_command,
     qemu_errors,
@@ -45,7 +43,6 @@ from tests.support.peers import (
 from tests.support.peers import qemu_in_thread as qemu
 from tests.support.procs import (
     BASE_ENV,
-    ENV,
     cli_bridge,
     exit_status,
     reap,
@@ -55,61 +52,17 @@ from tests.support.procs import (
 from tests.support.streams import assert_silent, open_pty, read_until
 
 # gnutls-cli and the bridge must not pick up a priority file from the test's environment.
-GOOD_DN = "O=chardev-bridge,CN=client"  # pki.DEFAULT_CLIENT_DN
-SERVER_DN = "CN=localhost"  # what init_pki gives the server certificate
+GOOD_DN = pki.DEFAULT_CLIENT_DN
 PEER = r"127\.0\.0\.1:\d+"
 LISTENING = ["--server", "--host", "127.0.0.1", "--port", "0"]
 
 
-# --- credentials ------------------------------------------------------------------------------
+# --- bridges -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Creds:
-    """``init_pki`` output plus a second client from the same CA (``other``)."""
-
-    root: Path
-    ca: Path
-    server: Path
-    client: Path
-    other: Path
-    other_leaf: pki.Issued
-
-
-def make_creds(
-    tmp_path: Path, other_dn: str = "O=chardev-bridge,CN=revoked", **init: object
-) -> Creds:
-    root = tmp_path / "pki"
-    layout = pki.init_pki(root, **init)  # type: ignore[arg-type]
-    other = root / "other"
-    leaf = pki.issue_into(layout.ca_dir, other, "client", dn=other_dn)
-    return Creds(root, layout.ca_dir, layout.server_dir, layout.client_dir, other, leaf)
-
-
-def server_cfg(creds_dir: Path, **kw: object) -> BridgeConfig:
-    return BridgeConfig(
-        listen=True,
-        host="127.0.0.1",
-        port=0,
-        local=LocalSpec("pty"),
-        tls_creds=creds_dir,
-        handshake_timeout=5,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def client_cfg(creds_dir: Path, port: int, **kw: object) -> BridgeConfig:
-    return BridgeConfig(
-        host="127.0.0.1",
-        port=port,
-        local=LocalSpec("pty"),
-        tls_creds=creds_dir,
-        handshake_timeout=5,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-# --- logs and bytes ---------------------------------------------------------------------------
+def server_cfg(creds_dir: Path, **kw: Any) -> BridgeConfig:
+    """A listening bridge with a pty local end; a stalled handshake ends after 5 s."""
+    return listening_config(creds_dir, handshake_timeout=5, **kw)
 
 
 def serial_hex(leaf: pki.Issued) -> str:
@@ -190,9 +143,6 @@ async def denied_gnutls_client(
         code, output = await cli.finish()
     await assert_silent(app)
     return code, output
-
-
-# --- CLI --------------------------------------------------------------------------------------
 
 
 # === revocation ===============================================================================
@@ -369,32 +319,6 @@ async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
     assert any(re.match(rf"session from {PEER}: .*'{GOOD_DN}'", line) for line in lines), lines
 
 
-async def test_bridge_client_refuses_a_bridge_server_outside_its_allow_list(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    creds = make_creds(tmp_path)
-    with trio.fail_after(20):
-        async with running_bridge(server_cfg(creds.server)) as server:
-            assert server.pty_path
-            port = server.ports[0]
-            async with open_pty(server.pty_path) as far:
-                cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,CN=*",))
-                assert await run_bridge(cfg) == 1
-                await assert_silent(far, 0.2)
-                # The same bridge client, allowed by the server's DN, carries bytes.
-                cfg = client_cfg(creds.client, port, tls_authz=(SERVER_DN,))
-                async with running_bridge(cfg) as client:
-                    assert client.pty_path
-                    async with open_pty(client.pty_path) as near:
-                        await near.send_all(b"through\n")
-                        assert await read_until(far, b"\n") == b"through\n"
-    assert (
-        f"cannot connect to 127.0.0.1:{port}: server denied by our policy: not allowed:"
-        f" '{SERVER_DN}' denied by the default policy"
-    ) in caplog.text
-
-
 @pytest.mark.interop
 async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -406,11 +330,11 @@ async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
     with trio.fail_after(30):
         async with qemu(qemu_tls_server_args(creds.server)) as vm:
             port = await trio.to_thread.run_sync(vm.port, "mon0")
-            cfg = client_cfg(creds.client, port, tls_authz=("O=chardev-bridge,*",))
+            cfg = connecting_config(port, creds.client, tls_authz=("O=chardev-bridge,*",))
             assert await run_bridge(cfg) == 1
-            cfg = client_cfg(creds.client, port, tls_authz_file=authz)
+            cfg = connecting_config(port, creds.client, tls_authz_file=authz)
             assert await run_bridge(cfg) == 1
-            cfg = client_cfg(creds.client, port, tls_authz=("CN=local*",))
+            cfg = connecting_config(port, creds.client, tls_authz=("CN=local*",))
             async with running_bridge(cfg) as client:
                 assert client.pty_path
                 async with open_pty(client.pty_path) as app:
@@ -423,29 +347,6 @@ async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
         f" '{SERVER_DN}' denied by rule 1 (exact '{SERVER_DN}')",
     ]
     assert re.search(rf"connected to {PEER}: TLSv1\.3 .*'{SERVER_DN}'", caplog.text)
-
-
-@pytest.mark.parametrize(
-    "authz_args",
-    [["--tls-authz", "CN=*"], ["--tls-authz-file", "AUTHZ"]],
-    ids=["tls-authz", "tls-authz-file"],
-)
-def test_allow_list_without_peer_verification_is_refused_at_start(
-    tmp_path: Path, authz_args: list[str]
-) -> None:
-    creds = make_creds(tmp_path)
-    authz = tmp_path / "authz.json"
-    authz.write_text('{"rules": [{"match": "CN=*", "policy": "allow", "format": "glob"}]}')
-    args = [a.replace("AUTHZ", str(authz)) for a in authz_args]
-    proc = run_cli(
-        *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
-        *["--no-verify-peer", *args],
-    )
-    assert proc.returncode == 1, proc.stderr
-    assert stderr_messages(proc.stderr)[-1] == (
-        "an allow-list (--tls-authz) needs peer verification on"
-    ), proc.stderr
-    assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
 
 
 # === TLS priority =============================================================================
@@ -535,24 +436,6 @@ def test_unmappable_priority_fails_at_start_naming_the_token(tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr and "listening" not in proc.stderr
 
 
-def test_unmappable_application_policy_entry_fails_at_start_naming_file_and_token(
-    tmp_path: Path,
-) -> None:
-    if LOCAL_POLICY_FILE.exists():
-        pytest.skip(f"{LOCAL_POLICY_FILE} exists here and takes precedence")
-    creds = make_creds(tmp_path)
-    policy = tmp_path / "gnutls.config"
-    policy.write_text("[priorities]\nCHARDEV_BRIDGE = SECURE128:-VERS-TLS1.2:%PROFILE_HIGH\n")
-    proc = run_cli(
-        *["--server", "--host", "127.0.0.1", "--port", "0", "--tls-creds", str(creds.server)],
-        env={**ENV, "GNUTLS_SYSTEM_PRIORITY_FILE": str(policy)},
-    )
-    assert proc.returncode == 1, proc.stderr
-    assert stderr_messages(proc.stderr)[-1] == (
-        f"{policy} (CHARDEV_BRIDGE): priority flag '%PROFILE_HIGH' cannot be mapped onto OpenSSL"
-    ), proc.stderr
-
-
 # === encrypted keys ===========================================================================
 
 PASSWORD = b"correct horse battery"
@@ -622,27 +505,14 @@ def test_encrypted_key_problems_fail_at_start_in_one_line(
 
 # === start-up checks (QEMU's load-time checks, QEMU's words) ==================================
 
-SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]
-
-
-def _expired_server(directory: Path) -> str:
-    ca = pki.make_ca("O=Tests,CN=Test CA")
-    leaf = craft(issuer=ca, eku=SERVER_EKU, not_before=NOW - 9 * DAY, not_after=NOW - DAY)
-    write_dir(directory, "server", leaf, [ca.cert])
-    return f"The server certificate {directory}/server-cert.pem has expired"
-
-
-def _ca_without_ca_true(directory: Path) -> str:
-    ca = craft(dn="CN=Not A CA", ca=False, ku=("key_cert_sign", "crl_sign"), san=())
-    write_dir(directory, "server", craft(issuer=ca, eku=SERVER_EKU), [ca.cert])
-    return f"The certificate {directory}/ca-cert.pem basic constraints do not show a CA"
-
 
 @pytest.mark.interop
-@pytest.mark.parametrize("build", [_expired_server, _ca_without_ca_true], ids=["expired", "ca"])
-def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, build: object) -> None:
-    directory = tmp_path / "server"
-    expected = build(directory)  # type: ignore[operator]
+@pytest.mark.parametrize("case", ["expired", "ca-false"])
+def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, case: str) -> None:
+    build, template = CASES[case]
+    directory = build(tmp_path / "server")
+    assert template is not None
+    expected = template.format(d=directory)
     code, stderr = qemu_load(tls_creds_args("tls0", str(directory), "server"))
     qemu_says = qemu_errors(stderr)
     assert code == 1 and qemu_says == [expected], stderr
@@ -688,22 +558,6 @@ async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
         " 'NORMAL:-AES-128-GCM' does not allow"
     ), line
     assert b"(TLS1.3-X.509)" in output and b"AES-256-GCM" in output, output
-
-
-def test_dh_params_below_the_priority_turn_dhe_off_instead_of_failing(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # creds init (like certtool) writes a 2048-bit DH group, below SECURE192/256's level.
-    creds = make_creds(tmp_path, key_type="ecdsa-p384")
-    assert (creds.server / "dh-params.pem").exists()
-    policy = TLSPolicy(
-        load_x509_creds(creds.server, "server"), priority=parse_priority("SECURE256", keywords={})
-    )
-    ctx = make_ssl_context(policy)
-    assert ctx.verify_mode == ssl.CERT_REQUIRED
-    assert re.search(
-        r"dh-params\.pem: too small for the priority 'SECURE256'; DHE suites are off", caplog.text
-    )
 
 
 @pytest.mark.interop

@@ -6,24 +6,34 @@ Everything listens on 127.0.0.1 with a kernel-chosen port, found through /proc.
 
 The ``--tls-endpoint`` cross pairings, which QEMU 7.2 does not allow on chardevs, are checked
 here against real TLS peers by swapping the TCP roles with ``socat``.
+
+Python's ``ssl`` cannot start a renegotiation or send a KeyUpdate, so ``openssl s_client``'s
+interactive ``R`` and ``K`` commands do; nor can it offer TLS 1.0 alone, which
+``s_client -tls1`` does against a bridge whose good session must carry on. ``openssl genpkey``
+is the reference for the DH parameters ``creds init`` writes.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady
-from tests.support.bridges import capture_bridge_logs, running_bridge, wait_log
+from chardev_bridge.qemu import pki
+from tests.support.bridges import capture_bridge_logs, listening_config, running_bridge, wait_log
 from tests.support.certs import PKI, subject_dn
+from tests.support.hostile import guarded_session, make_zoo
+from tests.support.net import HOST
 from tests.support.peers import require_tool
 from tests.support.procs import Peer, listening_ports, running_peer, wait_for_stderr, wait_ipv4_port
-from tests.support.streams import exchange, open_pty, sha256
+from tests.support.streams import exchange, open_pty, read_until, sha256
 
 pytestmark = pytest.mark.interop
 
@@ -183,3 +193,99 @@ async def _next_listening_port(peer: Peer, previous: int, timeout: float = 10) -
             if ports:
                 return ports[0]
             await trio.sleep(0.02)
+
+
+# -- the DH parameters creds init writes --------------------------------------------------------
+
+
+def test_dh_params_are_rfc7919_ffdhe2048_in_pkcs3() -> None:
+    openssl = require_tool("openssl")
+    named = subprocess.run(
+        [openssl, "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    expected = serialization.load_pem_parameters(named).parameter_numbers()
+    ours = pki.dh_params_pem()
+    assert ours.startswith(b"-----BEGIN DH PARAMETERS-----\n")  # PKCS#3, what gnutls imports
+    numbers = serialization.load_pem_parameters(ours).parameter_numbers()
+    assert (numbers.p, numbers.g) == (expected.p, expected.g)
+
+
+# -- a TLS 1.0 client while a good session is under way -----------------------------------------
+
+
+async def test_openssl_s_client_tls1_is_refused_while_the_session_carries_on(
+    tmp_path: Path, info_logs: pytest.LogCaptureFixture
+) -> None:
+    openssl = require_tool("openssl")
+    zoo = make_zoo(tmp_path / "zoo")
+    with trio.fail_after(30):
+        async with guarded_session(zoo) as guarded:
+            # SECLEVEL=0: OpenSSL 3 refuses to even offer TLS 1.0 at its default level.
+            cmd = [openssl, "s_client", "-connect", f"{HOST}:{guarded.port}", "-tls1"]
+            cmd += ["-cipher", "DEFAULT@SECLEVEL=0"]
+            proc = await trio.run_process(
+                cmd, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False
+            )
+            assert proc.returncode != 0
+            line = (await wait_log(info_logs, r"^TLS handshake with 127\.0\.0\.1:\d+ failed"))[0]
+    assert line.endswith("failed: no TLS version in common with the peer"), line
+
+
+# -- what a TLS test suite sends after the handshake --------------------------------------------
+
+
+def s_client_with_commands(openssl: str, creds: Path, port: int, version: str) -> list[str]:
+    """``openssl s_client`` with its interactive commands on and every TLS message traced."""
+    return [
+        openssl, "s_client", "-connect", f"{HOST}:{port}", version,
+        "-CAfile", str(creds / "ca-cert.pem"),
+        "-cert", str(creds / "client-cert.pem"),
+        "-key", str(creds / "client-key.pem"),
+        "-msg",
+    ]  # fmt: skip
+
+
+async def seconds_until_output(peer: Peer, text: str, timeout: float = 5) -> float:
+    """How long after now ``peer`` writes ``text`` on stdout (fails after ``timeout``)."""
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        while text not in peer.output_text():
+            await trio.sleep(0.005)
+        return trio.current_time() - start
+    raise AssertionError(f"no {text!r} within {timeout}s; s_client wrote:\n{peer.output_text()}")
+
+
+@pytest.mark.parametrize(
+    ("version", "command", "answer"),
+    [
+        ("-tls1_2", b"R\n", "<<< TLS 1.2, Alert [length 0002], warning no_renegotiation"),
+        ("-tls1_3", b"K\n", "<<< TLS 1.3, Handshake [length 0005], KeyUpdate"),
+    ],
+    ids=["renegotiation-refused", "key-update-requested"],
+)
+async def test_records_owed_to_a_peer_go_out_while_the_bridge_has_nothing_to_send(
+    pki: PKI, caplog: pytest.LogCaptureFixture, version: str, command: bytes, answer: str
+) -> None:
+    openssl = require_tool("openssl")
+    capture_bridge_logs(caplog)
+    async with running_bridge(listening_config(pki.server_dir)) as ready:
+        port = ready.ports[0]
+        cmd = s_client_with_commands(openssl, pki.client_dir, port, version)
+        async with running_peer(cmd, collect_stdout=True) as s_client:
+            await wait_log(caplog, r"^session from ")
+            await seconds_until_output(s_client, "Verify return code: 0 (ok)")
+            await s_client.stdin.send_all(command)
+            waited = await seconds_until_output(s_client, answer)
+            # openssl s_server answers at once; so must we, not with our next write.
+            assert waited < 1.0, f"answered after {waited:.2f}s"
+            if version == "-tls1_3":
+                # After a key update the session goes on under the new keys.
+                assert ready.pty_path is not None
+                async with open_pty(ready.pty_path) as tty:
+                    await s_client.stdin.send_all(b"still here\n")
+                    assert b"still here" in await read_until(tty, b"still here")
+            else:
+                # s_client gives up on the refused renegotiation; the alert said why.
+                await wait_log(caplog, r"remote failed: .*handshake_failure")

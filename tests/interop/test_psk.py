@@ -6,76 +6,40 @@ it these tests skip, except under ``CI=true``, where they fail: CI installs the 
 
 from __future__ import annotations
 
-import gc
-import importlib
 import logging
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-from chardev_bridge.bridge.remote import RemoteSession, start_session
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.qemu import psk
-from chardev_bridge.qemu.policy import CredentialError, TLSPolicy, load_x509_creds, make_ssl_context
-from chardev_bridge.qemu.priority import parse_priority
+from chardev_bridge.qemu.policy import CredentialError
 from chardev_bridge.qemu.psk import describe_psk_failure
 from chardev_bridge.tls.errors import describe_tls_error
-from chardev_bridge.tls.setup import Endpoint, TLSSetup
+from chardev_bridge.tls.setup import Endpoint
 from chardev_bridge.tls.stream import TLSHandshakeError
 from tests.support.bridges import running_bridge
-from tests.support.certs import PKI
 from tests.support.peers import qemu_errors, qemu_load, require_tool
 from tests.support.peers import qemu_in_thread as qemu
 from tests.support.procs import BASE_ENV, reap
+from tests.support.psk import (
+    CLIENT_VERSION,
+    KEY,
+    KEY_HINT,
+    OTHER_KEY,
+    TIMEOUT,
+    accept_one,
+    connect,
+    open_listener,
+    write_keys,
+)
 from tests.support.streams import open_pty, read_until
 
-KEY = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef")
-OTHER_KEY = bytes(range(32))
 # What QEMU adds to its priority for PSK credentials; gnutls-cli offers no PSK without it.
 GNUTLS_PSK_PRIORITY = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
-# TLS 1.3 external PSK as a client needs Python 3.13's ssl (see chardev_bridge.qemu.psk).
-CLIENT_VERSION = "TLSv1.3" if psk.NATIVE_PSK else "TLSv1.2"
-TIMEOUT = 10
-KEY_HINT = "probably not the same PSK key on both sides (compare keys.psk)"
-
-
-@pytest.fixture
-def psk_route() -> str:
-    """The PSK route of this Python; skip without one (fail under CI=true)."""
-    try:
-        return psk.check_psk_available()
-    except psk.PskUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, so the psk extra must be installed: {exc}", pytrace=False)
-        pytest.skip(str(exc))
-
-
-def write_keys(directory: Path, text: str) -> Path:
-    """A credentials dir with ``keys.psk`` = ``text``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "keys.psk").write_text(text)
-    (directory / "keys.psk").chmod(0o600)
-    return directory
-
-
-@pytest.fixture
-def keys_dir(tmp_path: Path) -> Path:
-    """``keys.psk`` with the user ``qemu`` (QEMU's default) and one more."""
-    return write_keys(tmp_path / "psk", f"qemu:{KEY.hex()}\nalice:{OTHER_KEY.hex()}\n")
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-async def connect(port: int, setup: TLSSetup) -> RemoteSession:
-    """Our side as TCP client of 127.0.0.1:port, handshake done."""
-    tcp = await trio.open_tcp_stream("127.0.0.1", port)
-    return await start_session(tcp, setup, handshake_timeout=TIMEOUT)
 
 
 def qemu_psk_server(directory: Path, priority: str | None = None) -> list[str]:
@@ -98,57 +62,7 @@ def qemu_psk_client(
     return [*["-object", creds], *["-chardev", chardev, "-mon", "chardev=mon0,mode=control"]]
 
 
-async def accept_one(listener: trio.SocketListener, setup: TLSSetup) -> RemoteSession:
-    """Accept one TCP connection and run our TLS server handshake on it."""
-    with trio.fail_after(TIMEOUT):
-        tcp = await listener.accept()
-    assert isinstance(tcp, trio.SocketStream)
-    return await start_session(tcp, setup, handshake_timeout=TIMEOUT)
-
-
-async def open_listener() -> tuple[trio.SocketListener, int]:
-    """A TCP listener on 127.0.0.1 with a kernel-chosen port."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    listener = listeners[0]
-    return listener, listener.socket.getsockname()[1]
-
-
 # --- keys.psk ---------------------------------------------------------------------------------
-
-
-def test_load_psk_keys_reads_qemu_format(tmp_path: Path) -> None:
-    directory = write_keys(
-        tmp_path,
-        f"qemu:{KEY.hex()}\r\n\nno colon here\nalice:{OTHER_KEY.hex().upper()}\n"
-        f"qemu:{OTHER_KEY.hex()}\n",
-    )
-    # First line per user wins (QEMU and gnutls both stop at the first match); CRLF and
-    # upper-case hex are accepted; a line without ':' is ignored as QEMU does.
-    assert psk.load_psk_keys(directory) == {"qemu": KEY, "alice": OTHER_KEY}
-
-
-def test_keys_file_readable_by_others_is_warned_about(
-    keys_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    (keys_dir / "keys.psk").chmod(0o644)
-    caplog.set_level(logging.WARNING, logger="chardev_bridge")
-    psk.load_psk_keys(keys_dir)
-    assert "is accessible by group or others (mode 0644): chmod 600 it" in caplog.text
-
-
-@pytest.mark.parametrize(
-    ("text", "words"),
-    [
-        ("qemu:xyz\n", "line 1: the key for 'qemu' is not hexadecimal"),
-        ("a:00\nqemu:abc\n", "line 2: the key for 'qemu' is not hexadecimal"),
-        ("qemu:\n", "line 1: empty key for 'qemu'"),
-        ("qemu:" + "00" * 257 + "\n", "has 257 bytes; OpenSSL takes at most 256"),
-    ],
-)
-def test_bad_keys_file_names_the_line(tmp_path: Path, text: str, words: str) -> None:
-    directory = write_keys(tmp_path, text)
-    with pytest.raises(CredentialError, match=words):
-        psk.load_psk_keys(directory)
 
 
 @pytest.mark.parametrize("endpoint", ["server", "client"])
@@ -184,166 +98,6 @@ def test_server_refuses_a_username_as_qemu_does(keys_dir: Path, psk_route: str) 
     with pytest.raises(CredentialError) as info:
         psk.build_psk_setup(keys_dir, endpoint="server", username="qemu")
     assert str(info.value) in qemu_errors(stderr)
-
-
-# --- no PSK route -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_psk_route(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This Python as if it were 3.11 without sslpsk3."""
-    monkeypatch.setattr(psk, "NATIVE_PSK", False)
-    # None in sys.modules makes `import sslpsk3` raise ImportError.
-    monkeypatch.setitem(sys.modules, "sslpsk3", None)
-
-
-@pytest.mark.usefixtures("no_psk_route")
-@pytest.mark.parametrize("endpoint", ["server", "client"])
-def test_without_psk_support_says_what_to_install(keys_dir: Path, endpoint: Endpoint) -> None:
-    with pytest.raises(psk.PskUnavailable) as info:
-        psk.build_psk_setup(keys_dir, endpoint=endpoint)
-    message = str(info.value)
-    assert "pip install 'chardev-bridge[psk]'" in message
-    assert "Python 3.13" in message
-    # A CredentialError: the CLI prints it as one start-up error line, no traceback.
-    assert isinstance(info.value, CredentialError)
-
-
-@pytest.mark.usefixtures("no_psk_route")
-def test_missing_psk_support_is_reported_before_the_keys(tmp_path: Path) -> None:
-    # Both wrong: the install hint comes first (it is needed whatever the keys).
-    with pytest.raises(psk.PskUnavailable):
-        psk.build_psk_setup(tmp_path, endpoint="client")
-
-
-# --- cipher suites ----------------------------------------------------------------------------
-
-
-def test_default_suites_are_qemus_forward_secret_first() -> None:
-    suites = psk.psk_ciphers(None).split(":")
-    assert suites[0] == "ECDHE-PSK-CHACHA20-POLY1305"
-    assert suites.index("DHE-PSK-AES256-GCM-SHA384") < suites.index("PSK-AES256-GCM-SHA384")
-    assert not any("NULL" in s or "SHA256" in s.split("-")[-1] for s in suites if "CBC" in s)
-
-
-def test_priority_restricts_psk_suites() -> None:
-    suites = psk.psk_ciphers(parse_priority("SECURE256")).split(":")
-    assert suites == [
-        "ECDHE-PSK-CHACHA20-POLY1305",
-        "DHE-PSK-AES256-GCM-SHA384",
-        "DHE-PSK-CHACHA20-POLY1305",
-        "DHE-PSK-AES256-CCM",
-        "PSK-AES256-GCM-SHA384",
-        "PSK-CHACHA20-POLY1305",
-        "PSK-AES256-CCM",
-    ]
-
-
-def test_tls13_only_priority_on_old_python_client_is_refused(
-    keys_dir: Path, monkeypatch: pytest.MonkeyPatch, psk_route: str
-) -> None:
-    if psk.NATIVE_PSK:
-        pytest.skip("Python 3.13+ does TLS 1.3 PSK as a client")
-    with pytest.raises(psk.PskUnavailable, match=r"needs Python 3\.13"):
-        psk.build_psk_setup(
-            keys_dir, endpoint="client", priority=parse_priority("NORMAL:-VERS-TLS1.2")
-        )
-
-
-# --- our client and our server ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("priority", [None, "NORMAL:-VERS-TLS1.3", "SECURE256"])
-async def test_our_client_and_server_talk(
-    keys_dir: Path, psk_route: str, priority: str | None
-) -> None:
-    prio = parse_priority(priority) if priority else None
-    server = psk.build_psk_setup(keys_dir, endpoint="server", priority=prio)
-    client = psk.build_psk_setup(keys_dir, endpoint="client", username="alice", priority=prio)
-    listener, port = await open_listener()
-    async with listener:
-        async with trio.open_nursery() as nursery:
-            accepted: list[RemoteSession] = []
-
-            async def serve() -> None:
-                accepted.append(await accept_one(listener, server))
-
-            nursery.start_soon(serve)
-            ours = await connect(port, client)
-        theirs = accepted[0]
-        assert ours.tls is not None and ours.tls.peer_cert_der is None
-        expected = "TLSv1.2" if priority == "NORMAL:-VERS-TLS1.3" else CLIENT_VERSION
-        assert ours.tls.version == expected
-        await ours.stream.send_all(b"ping\n")
-        assert await read_until(theirs.stream, b"\n") == b"ping\n"
-        await theirs.stream.send_all(b"pong\n")
-        assert await read_until(ours.stream, b"\n") == b"pong\n"
-        await ours.stream.aclose()
-        await theirs.stream.aclose()
-
-
-async def test_unknown_identity_is_refused_and_logged(
-    keys_dir: Path, tmp_path: Path, psk_route: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    server = psk.build_psk_setup(keys_dir, endpoint="server")
-    stranger = write_keys(tmp_path / "stranger", f"mallory:{KEY.hex()}\n")
-    client = psk.build_psk_setup(stranger, endpoint="client", username="mallory")
-    listener, port = await open_listener()
-    caplog.set_level(logging.WARNING, logger="chardev_bridge")
-    server_errors: list[TLSHandshakeError] = []
-
-    async def serve() -> None:
-        try:
-            await accept_one(listener, server)
-        except TLSHandshakeError as exc:
-            server_errors.append(exc)
-
-    async with listener, trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
-        with pytest.raises(TLSHandshakeError) as info:
-            await connect(port, client)
-    if CLIENT_VERSION == "TLSv1.2":
-        assert describe_psk_failure(server_errors[0]) == (
-            "the client's PSK identity is not in our keys.psk"
-        )
-        assert describe_psk_failure(info.value) == (
-            "the peer does not know our PSK identity (alert unknown_psk_identity)"
-        )
-    else:  # TLS 1.3 has no alert for it: the server finds no PSK and has no certificate.
-        assert describe_psk_failure(server_errors[0]) == (
-            "the client offered no PSK identity that is in our keys.psk"
-        )
-        assert describe_psk_failure(info.value) == (
-            "the peer aborted the handshake (alert handshake_failure): "
-            "the peer may not know our PSK identity"
-        )
-    assert "PSK client identity 'mallory' is not in" in caplog.text
-
-
-async def test_client_refuses_a_certificate_server(
-    pki: PKI, keys_dir: Path, psk_route: str
-) -> None:
-    """A server that skips the PSK and shows a certificate (TLS 1.3 allows it) is refused."""
-    x509 = make_ssl_context(TLSPolicy(load_x509_creds(pki.server_dir, "server"), False))
-    server = TLSSetup(x509, server_side=True, server_hostname=None)
-    client = psk.build_psk_setup(keys_dir, endpoint="client")
-    listener, port = await open_listener()
-    async with listener, trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            try:
-                await accept_one(listener, server)
-            except TLSHandshakeError:
-                pass  # expected: the client aborts
-
-        nursery.start_soon(serve)
-        with pytest.raises(TLSHandshakeError) as info:
-            await connect(port, client)
-    words = describe_tls_error(info.value)
-    if CLIENT_VERSION == "TLSv1.2":  # only PSK suites offered: none in common
-        assert words == "the peer aborted the handshake (alert handshake_failure)"
-    else:  # TLS 1.3: the server ignored our PSK; its certificate meets an empty trust store
-        assert words.startswith("the peer's certificate was rejected: ")
 
 
 # --- QEMU 7.2 ---------------------------------------------------------------------------------
@@ -563,30 +317,3 @@ async def test_tls_username_from_the_command_line_picks_the_key(
                 async with open_pty(ready.pty_path) as app:
                     assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
     assert f"connected to 127.0.0.1:{port}: {CLIENT_VERSION}" in caplog.text
-
-
-async def test_sslpsk3_registry_does_not_grow_with_connections(
-    keys_dir: Path, psk_route: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(psk, "NATIVE_PSK", False)  # sslpsk3's route, on any Python
-    registry = importlib.import_module("sslpsk3.sslpsk3").psk_contexts
-    server = psk.build_psk_setup(keys_dir, endpoint="server")
-    client = psk.build_psk_setup(keys_dir, endpoint="client", username="alice")
-    listener, port = await open_listener()
-    gc.collect()  # earlier tests' connections leave the registry first
-    before = len(registry)
-    async with listener:
-        for _ in range(50):
-            accepted: list[RemoteSession] = []
-
-            async def serve(into: list[RemoteSession]) -> None:
-                into.append(await accept_one(listener, server))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve, accepted)
-                ours = await connect(port, client)
-            await ours.stream.aclose()
-            await accepted[0].stream.aclose()
-            del ours, accepted
-    gc.collect()
-    assert len(registry) == before

@@ -5,7 +5,9 @@
 * QEMU TLS client chardev (``reconnect=1``) → bridge server;
 * QEMU rejecting the bridge's client certificate (tls-authz, CRL) after the handshake;
 * ``--tls-endpoint`` cross pairings: QEMU 7.2 refuses them for chardevs, so they are tested
-  bridge to bridge here (and against openssl peers via socat in test_interop_openssl.py).
+  bridge to bridge (integration/test_bridge_pair.py) and against openssl peers via socat
+  (test_openssl.py);
+* a QEMU ``-chardev pty`` as the local end of a listening bridge (``--local tty:PATH``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -39,19 +40,12 @@ from tests.support.peers import (
     qemu_tls_server_args,
     tls_creds_args,
 )
-from tests.support.streams import exchange, open_pty, read_until, sha256
+from tests.support.streams import open_pty, read_until
 
 pytestmark = pytest.mark.interop
 
 QMP_CAPABILITIES = b'{"execute":"qmp_capabilities"}'
 QUERY_STATUS = b'{"execute":"query-status"}'
-
-
-@pytest.fixture
-def qemu_pki(pki: PKI) -> PKI:
-    """The test PKI with DH parameters in the server dir: QEMU starts without generating them."""
-    (pki.server_dir / "dh-params.pem").write_bytes(pkimod.dh_params_pem())
-    return pki
 
 
 async def drive_qmp(stream: trio.abc.Stream) -> None:
@@ -245,7 +239,7 @@ async def test_qmp_through_bridge_server_from_qemu_tls_client(
 def test_qemu_72_refuses_cross_tls_endpoint_on_chardevs(
     qemu_pki: PKI, tcp_role: str, creds_endpoint: str, expected: str
 ) -> None:
-    # Why the cross pairings below are bridge to bridge: QEMU's chardev insists that the TLS
+    # Why the cross pairings are tested bridge to bridge: QEMU's chardev insists that the TLS
     # role follows the TCP role. If a later QEMU allows it, test the bridge against it.
     directory = qemu_pki.server_dir if creds_endpoint == "server" else qemu_pki.client_dir
     status, stderr = qemu_load(
@@ -257,34 +251,6 @@ def test_qemu_72_refuses_cross_tls_endpoint_on_chardevs(
     )
     assert status == 1
     assert expected in stderr
-
-
-async def test_bridges_pair_with_tls_roles_opposite_to_tcp_roles(
-    pki: PKI, caplog: pytest.LogCaptureFixture
-) -> None:
-    capture_bridge_logs(caplog)
-    # TCP server + TLS client; it checks the TLS server's certificate against its --host,
-    # 127.0.0.1 (an IP SAN).
-    listener = BridgeConfig(
-        listen=True, host="127.0.0.1", port=0, tls_creds=pki.client_dir, tls_endpoint="client"
-    )
-    async with running_bridge(listener) as a:
-        # TCP client + TLS server; it requires the TLS client's certificate.
-        connector = BridgeConfig(
-            host="127.0.0.1", port=a.ports[0], tls_creds=pki.server_dir, tls_endpoint="server"
-        )
-        async with running_bridge(connector) as b:
-            assert a.pty_path is not None and b.pty_path is not None
-            async with open_pty(a.pty_path) as tty_a, open_pty(b.pty_path) as tty_b:
-                up, down = os.urandom(256 * 1024), os.urandom(256 * 1024)
-                at_b, at_a = await exchange(tty_a, tty_b, up, down)
-                assert sha256(at_b) == sha256(up)
-                assert sha256(at_a) == sha256(down)
-    client_dn = re.escape(subject_dn(pki.client_dir / "client-cert.pem"))
-    server_dn = re.escape(subject_dn(pki.server_dir / "server-cert.pem"))
-    # Each names the other's certificate: the TCP server got the TLS server's certificate.
-    await wait_log(caplog, rf"^session from 127\.0\.0\.1:\d+: TLSv1\.3 .*'{server_dn}'")
-    await wait_log(caplog, rf"^connected to 127\.0\.0\.1:\d+: TLSv1\.3 .*'{client_dn}'")
 
 
 async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(

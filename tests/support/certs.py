@@ -1,12 +1,15 @@
-"""Certificates for tests: throw-away PKIs from trustme laid out as QEMU credential
-directories, and deliberately odd certificates crafted extension by extension."""
+"""Certificates and credential files for tests: throw-away PKIs from trustme laid out as QEMU
+credential directories, `creds init` layouts, deliberately odd certificates crafted extension by
+extension, and authz-list files."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trustme
 from cryptography import x509
@@ -64,6 +67,40 @@ def make_pki(
         server_dir=write_creds_dir(root / "server", ca, "server", server),
         client_dir=write_creds_dir(root / "client", ca, "client", client),
     )
+
+
+# -- `creds init` layouts ----------------------------------------------------------------------
+
+# What init_pki gives the server certificate.
+SERVER_DN = "CN=localhost"
+
+
+@dataclass(frozen=True)
+class Creds:
+    """``init_pki`` output plus a second client from the same CA (``other``)."""
+
+    root: Path
+    ca: Path
+    server: Path
+    client: Path
+    other: Path
+    other_leaf: pki.Issued
+
+
+def make_creds(tmp_path: Path, other_dn: str = "O=chardev-bridge,CN=revoked", **init: Any) -> Creds:
+    """``creds init`` in ``tmp_path/pki`` (``init``: its options), and a client ``other``."""
+    root = tmp_path / "pki"
+    layout = pki.init_pki(root, **init)
+    other = root / "other"
+    leaf = pki.issue_into(layout.ca_dir, other, "client", dn=other_dn)
+    return Creds(root, layout.ca_dir, layout.server_dir, layout.client_dir, other, leaf)
+
+
+def write_authz_file(directory: Path, content: object) -> Path:
+    """``directory/authz.json``: ``content`` as it is (a str) or as JSON."""
+    path = directory / "authz.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
 
 
 def subject_dn(cert_pem: Path) -> str:

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from chardev_bridge.qemu.priority import apply_priority, parse_priority
+from chardev_bridge.tls.stream import TLSStream
 
 HOST = "127.0.0.1"
 
@@ -89,6 +90,17 @@ async def tls_connect(
         await trio.aclose_forcefully(tcp)
         raise
     return stream, me
+
+
+async def tlsstream_connect(port: int, creds: Path, version: ssl.TLSVersion) -> TLSStream:
+    """A handshaken client of the bridge's own TLS stream type (it can half-close, and a test
+    can reach its engine), trusting ``creds`` and at most TLS ``version``."""
+    ctx = client_context(creds)
+    ctx.maximum_version = version
+    tcp = await trio.open_tcp_stream(HOST, port)
+    stream = TLSStream(tcp, ctx, server_side=False, server_hostname=HOST, split_last_byte=False)
+    await stream.do_handshake()
+    return stream
 
 
 class TlsServer:

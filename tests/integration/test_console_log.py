@@ -9,27 +9,23 @@ Real ``chardev-bridge`` processes with a pty local end and a plain TCP remote.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import os
 import re
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import trio
 
 from chardev_bridge.bridge.config import TrafficLogConfig
-from chardev_bridge.share.consolelog import QUEUE_MAX, ConsoleLog, escape_line
+from chardev_bridge.share.consolelog import ConsoleLog
+from tests.support.bridges import CONSOLE_LINE
 from tests.support.net import HOST, tcp_connect
 from tests.support.procs import cli_bridge
 from tests.support.streams import open_pty, read_exactly, sha256
 
 MiB = 1 << 20
-STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00) (.*)$")
 
 
 def serving(log: Path, *extra: str) -> list[str]:
@@ -69,19 +65,15 @@ async def test_from_remote_lines_log_has_timestamps_escapes_and_not_what_the_use
                 text = await wait_for_file(log, "vm1 login: ")
             await remote.aclose()
     lines = text.splitlines()
-    assert [STAMPED.match(line)[2] for line in lines] == [  # type: ignore[index]
+    assert [CONSOLE_LINE.match(line)[2] for line in lines] == [  # type: ignore[index]
         "Linux version 6.1",
         "\\x1b[1mWelcome\\x1b[0m\tto vm1",
         "vm1 login: ",
     ]
     for line in lines:
-        stamp = dt.datetime.fromisoformat(STAMPED.match(line)[1])  # type: ignore[index]
+        stamp = dt.datetime.fromisoformat(CONSOLE_LINE.match(line)[1])  # type: ignore[index]
         assert began - dt.timedelta(seconds=1) <= stamp <= dt.datetime.now(dt.UTC)
     assert "root" not in text
-
-
-def test_escape_line_keeps_utf8_and_tab_and_escapes_other_controls() -> None:
-    assert escape_line("é\t\x07\x7f\u0085 ok".encode() + b"\xff") == "é\t\\x07\\x7f\\u0085 ok\\xff"
 
 
 async def test_both_directions_are_marked_in_lines(tmp_path: Path) -> None:
@@ -99,7 +91,7 @@ async def test_both_directions_are_marked_in_lines(tmp_path: Path) -> None:
                 await read_exactly(remote, 6)
                 text = await wait_for_file(log, "> root")
             await remote.aclose()
-    assert [STAMPED.match(line)[2] for line in text.splitlines()] == [  # type: ignore[index]
+    assert [CONSOLE_LINE.match(line)[2] for line in text.splitlines()] == [  # type: ignore[index]
         "< login: ",
         "> root",
     ]
@@ -126,28 +118,11 @@ async def test_rotation_keeps_at_most_n_backups_each_within_the_limit_at_line_bo
         data = path.read_bytes()
         assert len(data) <= 4096, path
         assert data.endswith(b"\n"), path  # cut at a line boundary
-        kept += [STAMPED.match(line)[2] for line in data.decode().splitlines()]  # type: ignore[index]
+        kept += [CONSOLE_LINE.match(line)[2] for line in data.decode().splitlines()]  # type: ignore[index]
     # The newest lines, in order, none missing.
     first = 2000 - len(kept)
     assert first > 0
     assert kept == [f"line {i:05d} of the boot" for i in range(first, 2000)]
-
-
-def test_a_rotation_that_cannot_rename_keeps_every_line_and_says_so_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    log = tmp_path / "vm1.log"
-    log.with_name("vm1.log.1").mkdir()  # FILE cannot be renamed onto a directory
-    cfg = TrafficLogConfig(log, direction="from-remote", format="raw", max_bytes=100, backups=1)
-    console = ConsoleLog(cfg)
-    lines = [b"line %02d of the boot\n" % i for i in range(30)]
-    for line in lines:
-        console.to_local(line)
-        console.flush()
-    console.close()
-    assert log.read_bytes() == b"".join(lines)
-    said = [r.getMessage() for r in caplog.records if "cannot rotate" in r.getMessage()]
-    assert len(said) == 1 and "keeps growing past --logfile-max" in said[0]
 
 
 async def test_after_the_file_is_moved_away_sigusr1_sends_new_lines_to_a_new_file(
@@ -201,7 +176,7 @@ def test_tail_follows_the_log_across_rotations(tmp_path: Path) -> None:
         tail.terminate()
         tail.wait(5)
         reader.join(5)
-    got = [STAMPED.match(line.rstrip("\n"))[2] for line in seen if STAMPED.match(line)]  # type: ignore[index]
+    got = [CONSOLE_LINE.match(line.rstrip("\n"))[2] for line in seen if CONSOLE_LINE.match(line)]  # type: ignore[index]
     wanted = [f"burst {b} line {i:03d}" for b in range(5) for i in range(40)]
     # Within a burst the file rotates too fast for polling to see every line of a file that
     # lived a few milliseconds; the last file of each burst is followed to the end.
@@ -209,88 +184,6 @@ def test_tail_follows_the_log_across_rotations(tmp_path: Path) -> None:
     assert got == sorted(got) and set(got) <= set(wanted)
     for burst in range(5):
         assert f"burst {burst} line 039" in got
-
-
-@pytest.fixture
-def full_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (we run as root, as CI does), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-async def test_a_log_on_a_full_filesystem_loses_no_console_byte(full_fs: Path) -> None:
-    log = full_fs / "vm1.log"
-    args = ["--logfile-direction", "both", "--log-format", "hex"]
-    down, up = os.urandom(4 * MiB), os.urandom(2 * MiB)
-    with trio.fail_after(60):
-        async with cli_bridge(serving(log, *args)) as proc:
-            pty_path = await proc.pty_path()
-            remote, _ = await tcp_connect(await proc.port())
-            async with open_pty(pty_path) as app, trio.open_nursery() as nursery:
-                nursery.start_soon(remote.send_all, down)
-                nursery.start_soon(app.send_all, up)
-                assert sha256(await read_exactly(app, len(down))) == sha256(down)
-                assert sha256(await read_exactly(remote, len(up))) == sha256(up)
-            await proc.wait_for(
-                rf"traffic log {re.escape(str(log))}: No space left on device; the bridge keeps"
-                " forwarding, the log misses bytes"
-            )
-            await remote.aclose()
-            await proc.wait_for(r"disconnected from 127\.0\.0\.1")
-            assert proc.proc.poll() is None
-        assert proc.count(r"No space left on device") == 1
-    assert 0 < log.stat().st_size <= 64 * 1024
-
-
-class SlowFile:
-    """A log file on a disk that takes 50 ms per write."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> int:
-        time.sleep(0.05)
-        self.data += data
-        return len(data)
-
-    def close(self) -> None:
-        pass
-
-
-def test_a_slow_disk_costs_log_lines_never_time_and_says_how_many_when_it_catches_up(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    console = ConsoleLog(TrafficLogConfig(tmp_path / "log"))
-    slow = SlowFile()
-    console._file = slow  # type: ignore[assignment]
-    chunk = os.urandom(256 * 1024)
-    began = time.monotonic()
-    for _ in range(4 * QUEUE_MAX // len(chunk)):
-        console.to_remote(chunk)
-    took = time.monotonic() - began
-    assert took < 1.0  # 32 MiB offered to the log, none of it written on this thread
-    assert console.flush(timeout=60)
-    console.to_remote(b"caught up\n")
-    console.close()
-    lost = console.counters.snapshot()
-    assert lost.log_bytes_lost >= QUEUE_MAX
-    assert lost.log_lines_lost >= lost.log_bytes_lost // 1024  # random bytes: 1 in 256 is \n
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == [
-        f"traffic log {tmp_path / 'log'}: writing falls behind (a slow disk?); the bridge keeps"
-        " forwarding, the log misses bytes",
-        f"traffic log {tmp_path / 'log'} is being written again;"
-        f" {lost.log_lines_lost} lines ({lost.log_bytes_lost} bytes) were lost",
-    ]
-    assert slow.data.endswith(b"caught up\n")
 
 
 async def test_sigusr1_reopens_the_log_without_ending_the_bridge_and_sigterm_still_ends_it(
@@ -315,25 +208,3 @@ async def test_sigusr1_to_a_bridge_without_a_log_file_is_ignored() -> None:
             assert proc.proc.poll() is None, proc.log()
             proc.signal(signal.SIGTERM)
             assert proc.wait() == 0
-
-
-def test_lines_join_pieces_of_a_line_under_its_first_stamp_even_mid_character(
-    tmp_path: Path,
-) -> None:
-    log = tmp_path / "vm1.log"
-    console = ConsoleLog(TrafficLogConfig(log, direction="from-remote", format="lines"))
-    console.to_remote(b"typed\n")  # not this direction: never logged
-    console.to_local(b"Gr\xc3")  # a line, and a character, cut in two
-    console.flush()
-    time.sleep(0.2)
-    console.to_local(b"\xbc\xc3\x9fe\r\nprogress 10%\rprogress 20%\r\nlast")
-    console.close()
-    lines = log.read_text().splitlines()
-    found = [STAMPED.match(line) for line in lines]
-    assert [m[2] for m in found if m] == [
-        "Grüße",
-        "progress 10%\\x0dprogress 20%",
-        "last",  # no newline ever came: written at the end
-    ]
-    first, second = (dt.datetime.fromisoformat(m[1]) for m in found[:2] if m)
-    assert (second - first).total_seconds() >= 0.15  # "Grüße" keeps the time it began

@@ -5,7 +5,6 @@ listeners, TLS servers and QEMU on 127.0.0.1.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -19,16 +18,13 @@ import pytest
 import trio
 from cryptography import x509
 
-from chardev_bridge.cli import build_parser
 from chardev_bridge.qemu import pki as pkimod
-from chardev_bridge.qemu.creds_cli import _parser as creds_parser
 from tests.support.certs import PKI, make_pki
 from tests.support.net import HOST, TlsServer, expect_failed_handshake, free_port, server_context
 from tests.support.peers import require_tool
 from tests.support.procs import (
     ENV,
     LINE,
-    ROOT,
     bridge_cmd,
     cli_bridge,
     exit_status,
@@ -36,9 +32,6 @@ from tests.support.procs import (
     stderr_messages,
 )
 from tests.support.streams import open_pty
-
-README = (ROOT / "README.md").read_text()
-
 
 # -- credentials given for the wrong role, or not at all -----------------------------------
 
@@ -359,53 +352,7 @@ def test_a_bare_device_path_for_local_suggests_tty_in_one_line() -> None:
     ]
 
 
-# -- --help, README and packaging ----------------------------------------------------------
-
-
-def test_help_tells_creds_subcommands_output_exit_codes_sigterm_and_backoff() -> None:
-    text = build_parser().format_help()
-    usage = text.split("\n\n", 1)[0]
-    assert "chardev-bridge creds {init,issue,check,revoke}" in usage
-    for words in (
-        "creds init DIR",
-        "creds issue DIR",
-        "creds check DIR",
-        "creds revoke DIR",
-        '"pty: /dev/pts/N" is printed on stdout',
-        "retried after 0.1 s, doubling up to SECONDS",
-        "waits\n  SECONDS, doubling up to --reconnect-max",
-        "SIGTERM or SIGINT: stop taking new sessions, deliver the bytes in flight",
-        "exit status:\n  0 ",
-        "\n  1  a start-up error",
-        "\n  2  a command line error",
-    ):
-        assert words in text, words
-
-
-def _options(parser: object) -> set[str]:
-    return {
-        opt
-        for action in parser._actions  # type: ignore[attr-defined]
-        for opt in action.option_strings
-        if opt.startswith("--") and opt not in ("--help", "--version")
-    }
-
-
-def test_every_creds_option_has_help_text_and_is_in_the_readme() -> None:
-    [subcommands] = [
-        a for a in creds_parser()._actions if isinstance(a, argparse._SubParsersAction)
-    ]
-    for name, sub in subcommands.choices.items():
-        for action in sub._actions:
-            if action.option_strings and action.option_strings[0] != "-h":
-                assert action.help, f"creds {name} {action.option_strings[0]} has no help"
-        for option in _options(sub):
-            assert re.search(rf"creds {name} .*{re.escape(option)}\b", README), (name, option)
-
-
-def test_every_bridge_option_is_in_the_readme() -> None:
-    missing = [opt for opt in sorted(_options(build_parser())) if f"`{opt}" not in README]
-    assert missing == []
+# -- the command line: what -v adds, what a bad option value gives -----------------------
 
 
 def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
@@ -416,21 +363,54 @@ def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
     assert "TLS priority (default), from built-in default" in verbose.stderr
 
 
-def test_pyproject_license_is_an_spdx_string_and_install_says_how_to_reach_the_command() -> None:
-    import tomllib
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--when-disconnected", "keep"], "argument --when-disconnected: invalid choice: 'keep'"),
+        (["--when-unread", "never"], "argument --when-unread: invalid choice: 'never'"),
+        (["--second-client", "kick"], "argument --second-client: invalid choice: 'kick'"),
+        (["--scrollback", "0"], "argument --scrollback: '0' is not a size in bytes"),
+        (["--scrollback", "64X"], "argument --scrollback: '64X' is not a size in bytes"),
+        (["--idle-timeout", "0"], "argument --idle-timeout: must be greater than 0, not 0"),
+        (["--handshake-timeout", "-1"], "argument --handshake-timeout: must be greater than 0"),
+        (["--reconnect-max", "0"], "argument --reconnect-max: must be greater than 0, not 0"),
+        (["--reconnect", "soon"], "argument --reconnect: "),
+        (["--server", "--reconnect", "1"], "--reconnect applies to a connecting bridge"),
+    ],
+)
+def test_bad_issue_4_option_value_gives_one_error_line_and_exit_status_2(
+    argv: list[str], error: str
+) -> None:
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    errors = [line for line in lines if "error" in line]
+    assert errors == [lines[-1]], proc.stderr  # one error line, after the usage
+    assert lines[-1].startswith(f"chardev-bridge: error: {error}"), lines[-1]
 
-    root = ROOT
-    project = tomllib.loads((root / "pyproject.toml").read_text())
-    assert project["project"]["license"] == "MIT"
-    make = require_tool("make")
-    # -o: take the venv as it is; only the install target's own words run.
-    out = subprocess.run(
-        [make, "-s", "-o", ".venv/.installed", "install"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert "run .venv/bin/chardev-bridge, or put it on PATH" in out
-    assert f'export PATH="{root}/.venv/bin:$PATH"' in out and "pipx install ." in out
+
+def test_a_non_number_for_a_seconds_option_is_reported_without_internal_names() -> None:
+    proc = run_cli("--reconnect", "soon")
+    assert proc.returncode == 2
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("chardev-bridge: error: argument --reconnect: ")
+    assert "_positive_float" not in last, last
+
+
+def test_missing_credential_file_fails_at_start_naming_it(pki: PKI) -> None:
+    (pki.server_dir / "server-key.pem").unlink()
+    proc = run_cli("--server", "--port", "0", "--tls-creds", str(pki.server_dir))
+    assert proc.returncode == 1
+    assert (
+        f"Unable to access credentials {pki.server_dir}/server-key.pem: No such file or directory"
+        in proc.stderr
+    )
+
+
+def test_connecting_bridge_without_reconnect_exits_nonzero_with_cause(pki: PKI) -> None:
+    port = free_port()
+    proc = run_cli("--host", "127.0.0.1", "--port", str(port), "--tls-creds", str(pki.client_dir))
+    assert proc.returncode == 1
+    assert f"cannot connect to 127.0.0.1:{port}:" in proc.stderr
+    assert "refused" in proc.stderr.lower()

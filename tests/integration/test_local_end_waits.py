@@ -18,7 +18,7 @@ from chardev_bridge.local import LocalSpec
 from tests.support.bridges import log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
 from tests.support.net import HOST, client_context, tcp_connect, tls_connect
-from tests.support.streams import read_exactly
+from tests.support.streams import read_exactly, read_until
 
 
 async def test_local_end_that_never_comes_is_reported_in_words(
@@ -194,3 +194,45 @@ async def test_remote_that_leaves_before_the_local_client_comes_frees_the_line(
         caplog, f"^closing {first_name}: it left before local end unix-listen .* was ready$"
     )
     assert not log_lines(caplog, "^refused ")
+
+
+async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
+    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chardev_bridge")
+    path = str(tmp_path / "qemu-serial.sock")
+    cfg = BridgeConfig(
+        listen=True,
+        host="127.0.0.1",
+        port=0,
+        local=LocalSpec("unix", path=path),
+        tls_creds=pki.server_dir,
+    )
+    got = bytearray()
+
+    async def qemu_like_unix_server(task_status: trio.TaskStatus[None]) -> None:
+        # QEMU's `-chardev socket,path=...,server=on` coming back after a restart.
+        sock = trio.socket.socket(socket.AF_UNIX)
+        await sock.bind(path)
+        sock.listen(1)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        stream = await listener.accept()
+        got.extend(await read_exactly(stream, 12))
+        await stream.send_all(b"guest reply\n")
+        await stream.aclose()
+        await listener.aclose()
+
+    with trio.fail_after(20):
+        async with running_bridge(cfg) as server, trio.open_nursery() as nursery:
+            tcp = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+            client = trio.SSLStream(
+                tcp, client_context(pki.client_dir), server_hostname="localhost"
+            )
+            await client.send_all(b"hello guest\n")  # arrives while the socket is missing
+            await trio.sleep(0.5)
+            await nursery.start(qemu_like_unix_server)
+            assert await read_until(client, b"guest reply\n") == b"guest reply\n"
+            await client.aclose()
+    assert bytes(got) == b"hello guest\n"
+    assert "local end unix " + path + " not there" in caplog.text

@@ -1,4 +1,5 @@
-"""Local ends as applications see them: raw ptys, links, ttys that vanish and come back."""
+"""Local ends as applications see them: raw ptys and their links, ttys that vanish and come
+back (a pty number is not an identity), unix sockets, and stdio."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import termios
 from functools import partial
 from pathlib import Path
@@ -22,16 +24,18 @@ from chardev_bridge.local.pty import PtyEnd
 from chardev_bridge.local.sockets import UnixListenEnd
 from chardev_bridge.local.termios_raw import is_raw, make_raw
 from chardev_bridge.local.tty import (
-    DeviceIdentity,
     TtyEnd,
-    names_a_pty_number,
-    never_reopened,
-    refuse_reopen,
 )
 from tests.support.bridges import log_lines, running_bridge, wait_log
 from tests.support.certs import PKI
-from tests.support.net import HOST, client_context, tcp_connect
-from tests.support.streams import open_pty, read_exactly, read_until
+from tests.support.net import HOST, TlsServer, server_context, tcp_connect
+from tests.support.procs import ENV, LINE, bridge_cmd
+from tests.support.streams import open_pty, read_exactly, read_to_eof, sha256
+
+MiB = 1 << 20
+
+
+# -- ptys ------------------------------------------------------------------------------------------
 
 
 async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
@@ -145,6 +149,9 @@ async def test_pty_writes_block_instead_of_dropping_when_unread() -> None:
         await end.aclose()
 
 
+# -- ttys that vanish and come back ----------------------------------------------------------------
+
+
 async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: Path) -> None:
     link = tmp_path / "ttyS-vm"
     master, slave = os.openpty()
@@ -188,47 +195,6 @@ async def test_tty_end_refuses_a_missing_path_at_start(tmp_path: Path) -> None:
 
 
 # -- a tty's identity is its configured path ----------------------------------------------------
-
-PTS = os.makedev(136, 10)  # /dev/pts/10
-TTY_USB0 = os.makedev(188, 0)
-
-
-def test_only_the_configured_string_decides_whether_a_path_names_a_pty_number() -> None:
-    assert names_a_pty_number("/dev/pts/10")
-    assert names_a_pty_number("/dev/../dev/pts/3")
-    assert not names_a_pty_number("/dev/serial/by-id/usb-FTDI-if00-port0")
-    assert not names_a_pty_number("/home/me/vm-console")  # a link to /dev/pts/N: followed
-    assert never_reopened("/dev/pts/10", DeviceIdentity(PTS))
-    # Another device node of a pty slave (mknod) is a pty number by another name.
-    assert never_reopened("/srv/console", DeviceIdentity(PTS))
-    assert not never_reopened("/home/me/vm-console", DeviceIdentity(PTS, (1, 2, 3)))
-    assert not never_reopened("/dev/ttyUSB0", DeviceIdentity(TTY_USB0))
-
-
-def test_a_device_node_is_reopened_only_as_the_same_device() -> None:
-    was = DeviceIdentity(TTY_USB0, None, "/dev/ttyUSB0")
-    assert refuse_reopen(was, DeviceIdentity(TTY_USB0, None, "/dev/ttyUSB0")) is None
-    refused = refuse_reopen(was, DeviceIdentity(os.makedev(188, 1), None, "/dev/ttyUSB0"))
-    assert refused == (
-        "it is now device 188:1, not 188:0 as before: not provably the same device,"
-        " so nothing is written to it"
-    )
-    refused = refuse_reopen(was, DeviceIdentity(PTS, None, "/dev/ttyUSB0"))
-    assert refused is not None and "a pty number is not an identity" in refused
-
-
-def test_a_link_is_followed_unless_it_was_left_pointing_at_a_pty_that_went_away() -> None:
-    link = (1, 77, 1000)
-    was = DeviceIdentity(PTS, link, "/dev/pts/10")
-    # Made again (new inode or ctime): the user's intent, whatever it points to.
-    assert refuse_reopen(was, DeviceIdentity(os.makedev(136, 12), (1, 78, 2000))) is None
-    assert refuse_reopen(was, DeviceIdentity(PTS, (1, 78, 2000))) is None
-    # The same link, still at the old number: whoever holds /dev/pts/10 now is a stranger.
-    refused = refuse_reopen(was, DeviceIdentity(PTS, link, "/dev/pts/10"))
-    assert refused is not None and "still points to /dev/pts/10" in refused
-    # A link to a device that is not a pty (a by-id name, ~/serial -> /dev/ttyUSB0): followed.
-    usb = DeviceIdentity(TTY_USB0, link, "/dev/ttyUSB0")
-    assert refuse_reopen(usb, DeviceIdentity(os.makedev(188, 1), link, "/dev/ttyUSB1")) is None
 
 
 def _take_pty_number(
@@ -472,6 +438,9 @@ async def test_tty_end_keeps_waiting_when_its_path_comes_back_as_a_non_tty(
         await end.aclose()
 
 
+# -- unix sockets, and a pty a bridge leaves behind ------------------------------------------------
+
+
 async def test_unix_listen_refuses_a_socket_another_process_listens_on(tmp_path: Path) -> None:
     path = str(tmp_path / "console.sock")
     with socket.socket(socket.AF_UNIX) as live:
@@ -531,48 +500,6 @@ async def test_bytes_sent_just_before_the_remote_closes_reach_a_late_pty_reader(
     assert got == [b"hello"]
 
 
-async def test_listening_bridge_waits_for_a_unix_local_end_that_comes_back(
-    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="chardev_bridge")
-    path = str(tmp_path / "qemu-serial.sock")
-    cfg = BridgeConfig(
-        listen=True,
-        host="127.0.0.1",
-        port=0,
-        local=LocalSpec("unix", path=path),
-        tls_creds=pki.server_dir,
-    )
-    got = bytearray()
-
-    async def qemu_like_unix_server(task_status: trio.TaskStatus[None]) -> None:
-        # QEMU's `-chardev socket,path=...,server=on` coming back after a restart.
-        sock = trio.socket.socket(socket.AF_UNIX)
-        await sock.bind(path)
-        sock.listen(1)
-        listener = trio.SocketListener(sock)
-        task_status.started()
-        stream = await listener.accept()
-        got.extend(await read_exactly(stream, 12))
-        await stream.send_all(b"guest reply\n")
-        await stream.aclose()
-        await listener.aclose()
-
-    with trio.fail_after(20):
-        async with running_bridge(cfg) as server, trio.open_nursery() as nursery:
-            tcp = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
-            client = trio.SSLStream(
-                tcp, client_context(pki.client_dir), server_hostname="localhost"
-            )
-            await client.send_all(b"hello guest\n")  # arrives while the socket is missing
-            await trio.sleep(0.5)
-            await nursery.start(qemu_like_unix_server)
-            assert await read_until(client, b"guest reply\n") == b"guest reply\n"
-            await client.aclose()
-    assert bytes(got) == b"hello guest\n"
-    assert "local end unix " + path + " not there" in caplog.text
-
-
 async def test_unix_listen_start_up_check_does_not_connect_to_a_live_listener(
     tmp_path: Path,
 ) -> None:
@@ -590,3 +517,60 @@ async def test_unix_listen_start_up_check_does_not_connect_to_a_live_listener(
             with trio.move_on_after(1) as nothing:
                 await remote.accept()
             assert nothing.cancelled_caught
+
+
+# -- stdio -----------------------------------------------------------------------------------------
+
+
+async def test_stdio_bridge_delivers_piped_stdin_exactly_then_close_notify_and_exits_0(
+    pki: PKI,
+) -> None:
+    payload = os.urandom(MiB)
+    server = TlsServer(server_context(pki.server_dir))  # requires a client certificate
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await server.start(nursery)
+            args = ["--host", HOST, "--port", str(server.port), "--tls-creds", str(pki.client_dir)]
+            proc = await trio.lowlevel.open_process(
+                bridge_cmd(*args, "--local", "stdio"),
+                env=ENV,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = bytearray(), bytearray()
+            try:
+
+                async def collect(stream: trio.abc.ReceiveStream | None, into: bytearray) -> None:
+                    assert stream is not None
+                    while chunk := await stream.receive_some():
+                        into += chunk
+
+                async def feed() -> None:
+                    assert proc.stdin is not None
+                    await proc.stdin.send_all(payload)
+                    await proc.stdin.aclose()
+
+                nursery.start_soon(collect, proc.stdout, out)
+                nursery.start_soon(collect, proc.stderr, err)
+                nursery.start_soon(feed)
+                conn = await server.accept()
+                assert conn.getpeercert()["subject"][-1] == (("commonName", "client.example.com"),)
+                received, how = await read_to_eof(conn, timeout=20)
+                await conn.aclose()  # our close_notify back ends the session
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+            nursery.cancel_scope.cancel()
+    log = err.decode()
+    assert len(received) == len(payload) and sha256(received) == sha256(payload)
+    assert how == "clean"  # TLS close_notify, not a ragged TCP close
+    assert code == 0, log
+    assert out == b""
+    assert re.search(
+        rf"{LINE}disconnected from 127\.0\.0\.1:{server.port} after [\d.]+s: {MiB} bytes sent,"
+        r" 0 bytes received; remote closed$",
+        log,
+        re.M,
+    ), log

@@ -1,14 +1,11 @@
-"""The local-side streams against trio's stream contract (``trio.testing.check_*_stream``).
+"""The pty and stdio local ends against trio's stream contract (``trio.testing.check_*_stream``).
 
-TLSStream runs trio's whole ``check_half_closeable_stream`` in test_tlsstream.py. The streams
-here differ from a plain trio stream by design in places, so each gets the part of trio's
-checks that applies, written out below with the same assertions trio makes, plus a test of
-what it does instead where it differs on purpose:
+TLSStream runs trio's whole ``check_half_closeable_stream`` in unit/test_tlsstream.py, and
+ScrollbackEnd its part of it in unit/test_scrollback_end.py. The streams here differ from a
+plain trio stream by design in places, so each gets the part of trio's checks that applies
+(tests/support/stream_checks.py), plus a test of what it does instead where it differs on
+purpose:
 
-* :class:`ScrollbackEnd` (``--when-unread buffer``) must never block the remote, so
-  ``send_all`` never waits (no "clogged" state exists) and concurrent sends cannot conflict;
-  ``aclose`` leaves the wrapped local end to the bridge that owns it, so closing it neither
-  ends the other side's reads nor makes later sends fail with ClosedResourceError.
 * :class:`PtyEnd` keeps a slave fd of its own so that the pty outlives every application:
   an application closing its side is not an EOF for the bridge and never breaks its writes
   (bytes wait in the line discipline for the next reader).
@@ -19,7 +16,6 @@ what it does instead where it differs on purpose:
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -29,215 +25,9 @@ import trio.testing
 from trio.testing import assert_checkpoints
 
 from chardev_bridge.local.pty import PtyEnd
-from chardev_bridge.local.scrollback import ScrollbackEnd
 from chardev_bridge.local.stdio import StdioEnd
+from tests.support.stream_checks import check_both_directions
 from tests.support.streams import open_pty
-
-MiB = 1 << 20
-
-
-# -- trio's checks that apply to every stream here, as trio writes them ------------------------
-
-
-async def check_one_way_basics(s: trio.abc.SendStream, r: trio.abc.ReceiveStream) -> None:
-    """The opening of ``check_one_way_stream``: simple sends, b"" with no meaning, bytearray
-    and memoryview accepted, max_bytes validated, every call a checkpoint, two concurrent
-    receives refused, and ``wait_send_all_might_not_block`` returning on an empty stream."""
-
-    async def do_send_all(data: bytes | bytearray | memoryview) -> None:
-        with assert_checkpoints():
-            await s.send_all(data)
-
-    async def do_receive_some(max_bytes: int | None = None) -> bytes | bytearray:
-        with assert_checkpoints():
-            return await r.receive_some(max_bytes)
-
-    async def checked_receive_1(expected: bytes) -> None:
-        assert await do_receive_some(1) == expected
-
-    async def send_empty_then_y() -> None:
-        await do_send_all(b"")
-        await do_send_all(b"y")
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(do_send_all, b"x")
-        nursery.start_soon(checked_receive_1, b"x")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send_empty_then_y)
-        nursery.start_soon(checked_receive_1, b"y")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(do_send_all, bytearray(b"1"))
-        nursery.start_soon(checked_receive_1, b"1")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(do_send_all, memoryview(b"2"))
-        nursery.start_soon(checked_receive_1, b"2")
-
-    with pytest.raises(ValueError):
-        await r.receive_some(-1)
-    with pytest.raises(ValueError):
-        await r.receive_some(0)
-    with pytest.raises(TypeError):
-        await r.receive_some(1.5)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(do_send_all, b"x")
-        assert await do_receive_some() == b"x"
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(do_send_all, b"x")
-        assert await do_receive_some(None) == b"x"
-
-    with pytest.RaisesGroup(trio.BusyResourceError):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(do_receive_some, 1)
-            nursery.start_soon(do_receive_some, 1)
-
-    async def wait_then_stop(scope: trio.CancelScope) -> None:
-        with assert_checkpoints():
-            await s.wait_send_all_might_not_block()
-        scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_then_stop, nursery.cancel_scope)
-        nursery.start_soon(do_receive_some, 1)
-
-
-async def check_duplex(s1: trio.abc.Stream, s2: trio.abc.Stream) -> None:
-    """``check_two_way_stream``'s duplex test: 1 MiB each way at once, random chunk sizes on
-    both ends, every byte in order."""
-    data = random.Random(0).randbytes(MiB)
-
-    async def sender(s: trio.abc.Stream, payload: bytes, seed: int) -> None:
-        rng, view = random.Random(seed), memoryview(payload)
-        while view:
-            size = rng.randint(1, 1 << 14)
-            await s.send_all(view[:size])
-            view = view[size:]
-
-    async def receiver(s: trio.abc.Stream, expected: bytes, seed: int) -> None:
-        rng, got = random.Random(seed), bytearray()
-        while len(got) < len(expected):
-            chunk = await s.receive_some(rng.randint(1, 1 << 14))
-            assert chunk
-            got += chunk
-        assert got == expected
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sender, s1, data, 0)
-            nursery.start_soon(sender, s2, data[::-1], 1)
-            nursery.start_soon(receiver, s1, data[::-1], 2)
-            nursery.start_soon(receiver, s2, data, 3)
-
-
-async def check_both_directions(
-    maker: Callable[[], Awaitable[tuple[trio.abc.Stream, trio.abc.Stream]]],
-) -> None:
-    """The basics from each side to the other on fresh pairs, then the duplex test."""
-    a, b = await maker()
-    await check_one_way_basics(a, b)
-    a, b = await maker()
-    await check_one_way_basics(b, a)
-    a, b = await maker()
-    await check_duplex(a, b)
-
-
-# -- ScrollbackEnd -----------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def scrollback_pairs(
-    limit: int = 4 * MiB, *, lockstep: bool = False
-) -> AsyncIterator[Callable[[], Awaitable[tuple[ScrollbackEnd, trio.abc.Stream]]]]:
-    """A maker of (ScrollbackEnd around one end of a memory stream pair, the other end), each
-    ScrollbackEnd delivering from a background task as the bridge runs it."""
-    async with trio.open_nursery() as nursery:
-
-        async def maker() -> tuple[ScrollbackEnd, trio.abc.Stream]:
-            pair = (
-                trio.testing.lockstep_stream_pair()
-                if lockstep
-                else trio.testing.memory_stream_pair()
-            )
-            end = ScrollbackEnd(pair[0], limit)
-            nursery.start_soon(end.run)
-            return end, pair[1]
-
-        yield maker
-        nursery.cancel_scope.cancel()
-
-
-async def test_scrollback_end_meets_trios_send_receive_and_duplex_checks() -> None:
-    async with scrollback_pairs() as maker:
-        await check_both_directions(maker)
-
-
-async def test_scrollback_end_never_blocks_a_sender_whose_local_end_is_clogged() -> None:
-    # With lockstep streams every inner send waits for a receive: trio's "clogged" state.
-    # ScrollbackEnd must not pass that on to the remote (by design there is no clogged state,
-    # so trio's clogged checks, which expect waiting and BusyResourceError, cannot apply).
-    payload = os.urandom(256 * 1024)
-    async with scrollback_pairs(lockstep=True) as maker:
-        end, reader = await maker()
-        with trio.fail_after(1):
-            for i in range(0, len(payload), 4096):
-                with assert_checkpoints():
-                    await end.send_all(payload[i : i + 4096])
-            with assert_checkpoints():
-                await end.wait_send_all_might_not_block()
-            # Concurrent sends do not conflict either: each one is a single append.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(end.send_all, b"A" * 10)
-                nursery.start_soon(end.send_all, b"A" * 10)
-        got = bytearray()
-        with trio.fail_after(10):
-            while len(got) < len(payload) + 20:
-                got += await reader.receive_some(1 << 16)
-        assert bytes(got) == payload + b"A" * 20
-        assert end.dropped == 0
-
-
-async def test_scrollback_end_keeps_the_newest_bytes_when_the_local_end_stops_reading() -> None:
-    async with scrollback_pairs(limit=1000, lockstep=True) as maker:
-        end, reader = await maker()
-        await end.send_all(b"first")  # taken by the deliverer: stuck in the inner send
-        await trio.testing.wait_all_tasks_blocked()
-        payload = bytes(range(256)) * 10
-        await end.send_all(payload)
-        assert end.dropped == len(payload) - 1000
-        got = bytearray()
-        with trio.fail_after(5):
-            while len(got) < 5 + 1000:
-                got += await reader.receive_some(4096)
-        assert bytes(got) == b"first" + payload[-1000:]
-
-
-async def test_scrollback_end_send_fails_for_good_once_the_local_end_is_gone() -> None:
-    # trio: "closing the r side leads to BrokenResourceError on the s side (eventually)" and
-    # "once detected, the stream stays broken".
-    async with scrollback_pairs() as maker:
-        end, reader = await maker()
-        await reader.aclose()
-        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
-            while True:
-                await end.send_all(b"x" * 100)
-        with pytest.raises(trio.BrokenResourceError):
-            await end.send_all(b"x" * 100)
-        with pytest.raises(trio.ClosedResourceError):
-            await reader.receive_some(4096)
-
-
-async def test_scrollback_end_aclose_leaves_the_wrapped_local_end_to_its_owner() -> None:
-    # By design: the bridge owns (and closes) the pty/tty it wraps, so ScrollbackEnd.aclose
-    # is a no-op and trio's "send after aclose raises ClosedResourceError" / "the receiver
-    # then sees b''" do not apply. What applies: aclose checkpoints and is repeatable.
-    async with scrollback_pairs() as maker:
-        end, reader = await maker()
-        for _ in range(2):
-            with assert_checkpoints():
-                await end.aclose()
-        await end.send_all(b"still delivered")
-        with trio.fail_after(5):
-            assert await reader.receive_some() == b"still delivered"
-
 
 # -- PtyEnd ------------------------------------------------------------------------------------
 

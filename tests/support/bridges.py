@@ -16,7 +16,8 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.cli import build_parser, config_from_args
-from tests.support.net import HOST
+from tests.support.net import HOST, client_context, tls_connect
+from tests.support.streams import open_pty, read_exactly, sha256
 
 LOGGER = "chardev_bridge"
 
@@ -57,7 +58,28 @@ async def attach_viewer(path: Path, *, rcvbuf: int | None = None) -> trio.Socket
     return trio.SocketStream(sock)
 
 
+async def one_session(
+    cfg: BridgeConfig, client_creds: Path, to_remote: bytes, to_local: bytes
+) -> None:
+    """Run ``cfg`` (a listening TLS bridge with a pty) for one session: a client with the
+    credentials ``client_creds`` sends ``to_local`` while the pty application sends
+    ``to_remote``; each arrives intact."""
+    async with running_bridge(cfg) as ready:
+        assert ready.pty_path is not None
+        conn, _ = await tls_connect(ready.ports[0], client_context(client_creds))
+        async with open_pty(ready.pty_path) as app, trio.open_nursery() as nursery:
+            nursery.start_soon(app.send_all, to_remote)
+            nursery.start_soon(conn.send_all, to_local)
+            assert sha256(await read_exactly(conn, len(to_remote))) == sha256(to_remote)
+            assert sha256(await read_exactly(app, len(to_local))) == sha256(to_local)
+        await conn.aclose()
+
+
 # -- the log of in-process bridges -------------------------------------------------------------
+
+
+# A line of the console log (--log-format lines): its timestamp, then the text.
+CONSOLE_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00) (.*)$")
 
 
 def capture_bridge_logs(caplog: pytest.LogCaptureFixture) -> None:

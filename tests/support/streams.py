@@ -172,3 +172,14 @@ def poll_flags(stream: trio.lowlevel.FdStream) -> int:
     poller.register(stream.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
     events = poller.poll(0)
     return events[0][1] if events else 0
+
+
+# How every stderr line starts after the timestamp (cli.py's logging format).
+async def exchange_through_pty(
+    remote: trio.abc.Stream, pty_path: str, size: int = 64 * 1024
+) -> tuple[bool, bool]:
+    """Random bytes pty → remote and remote → pty at once; whether each arrived intact."""
+    up, down = os.urandom(size), os.urandom(size)
+    async with open_pty(pty_path) as app:
+        at_remote, at_pty = await exchange(app, remote, up, down)
+    return sha256(at_remote) == sha256(up), sha256(at_pty) == sha256(down)

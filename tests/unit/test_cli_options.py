@@ -1,21 +1,18 @@
-"""The command line: option contract, start-up errors, signals, as a user runs it."""
+"""The command line parsed into a configuration: the QEMU roles' defaults, local end specs, the
+session and traffic log options, and the bad values argparse refuses."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from chardev_bridge.bridge.config import TrafficLogConfig
 from chardev_bridge.cli import build_parser, config_from_args
 from chardev_bridge.local import LocalSpec, parse_local_spec
-from tests.support.certs import PKI
-from tests.support.net import free_port
-from tests.support.procs import ENV, bridge_cmd
+from tests.support.bridges import cli_config
+
+MiB = 1 << 20
 
 
 def test_defaults_follow_qemu_server_and_client_roles() -> None:
@@ -72,67 +69,45 @@ def test_rejects_bad_local_spec_with_reason(
     assert words in capsys.readouterr().err
 
 
-def test_missing_credential_file_fails_at_start_naming_it(pki: PKI) -> None:
-    (pki.server_dir / "server-key.pem").unlink()
-    proc = subprocess.run(
-        bridge_cmd("--server", "--port", "0", "--tls-creds", str(pki.server_dir)),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 1
-    assert (
-        f"Unable to access credentials {pki.server_dir}/server-key.pem: No such file or directory"
-        in proc.stderr
-    )
+def test_cli_traffic_log_options() -> None:
+    args = ["--logfile", "f.log", "--logappend", "--logfile-direction", "both"]
+    cfg = config_from_args(build_parser().parse_args([*args, "--log-format", "hex"]))
+    assert cfg.traffic_log == TrafficLogConfig(Path("f.log"), True, "both", "hex")
+    cfg = config_from_args(build_parser().parse_args(["--logfile", "f.log"]))
+    assert cfg.traffic_log == TrafficLogConfig(Path("f.log"), False, "to-remote", "raw")
+    assert config_from_args(build_parser().parse_args([])).traffic_log is None
 
 
-def test_connecting_bridge_without_reconnect_exits_nonzero_with_cause(pki: PKI) -> None:
-    port = free_port()
-    proc = subprocess.run(
-        bridge_cmd("--host", "127.0.0.1", "--port", str(port), "--tls-creds", str(pki.client_dir)),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 1
-    assert f"cannot connect to 127.0.0.1:{port}:" in proc.stderr
-    assert "refused" in proc.stderr.lower()
+def test_issue_4_option_defaults() -> None:
+    cfg = cli_config()
+    assert cfg.handshake_timeout == 10
+    assert cfg.reconnect_max == 30
+    assert cfg.reconnect is None and cfg.idle_timeout is None
+    assert (cfg.when_unread, cfg.second_client) == ("block", "reject")
+    # Local bytes while disconnected: the local end's default (a pty holds them up to 2 s).
+    assert cfg.when_disconnected is None and cfg.hold_max is None and cfg.hold_limit == 2.0
+    assert cfg.scrollback == MiB
+    assert cfg.tls_username is None
 
 
-def test_server_with_tls_creds_works_as_written_and_sigterm_cleans_up(
-    pki: PKI, tmp_path: Path
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["--when-disconnected", "drop"], "when_disconnected", "drop"),
+        (["--when-disconnected", "block"], "when_disconnected", "block"),
+        (["--when-unread", "buffer"], "when_unread", "buffer"),
+        (["--scrollback", "64K"], "scrollback", 64 * 1024),
+        (["--scrollback", "1M"], "scrollback", MiB),
+        (["--scrollback", "4096"], "scrollback", 4096),
+        (["--second-client", "replace"], "second_client", "replace"),
+        (["--idle-timeout", "2.5"], "idle_timeout", 2.5),
+        (["--handshake-timeout", "3"], "handshake_timeout", 3.0),
+        (["--reconnect", "0.5"], "reconnect", 0.5),
+        (["--reconnect-max", "120"], "reconnect_max", 120.0),
+        (["--tls-username", "ops"], "tls_username", "ops"),
+    ],
+)
+def test_issue_4_option_is_parsed_into_the_config(
+    argv: list[str], field: str, value: object
 ) -> None:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 9000))
-        except OSError:
-            pytest.skip("port 9000 (the documented default) is in use on this machine")
-    link = tmp_path / "console"
-    proc = subprocess.Popen(
-        bridge_cmd("--server", "--tls-creds", str(pki.server_dir), "--link", str(link)),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("pty: /dev/pts/")
-        pty_path = line.split(": ", 1)[1].strip()
-        deadline = time.monotonic() + 10
-        while not link.is_symlink() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert os.readlink(link) == pty_path
-        with socket.create_connection(("127.0.0.1", 9000), timeout=5):
-            pass
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0
-    assert "listening on 127.0.0.1:9000 (TLS)" in err
-    assert "SIGTERM: shutting down" in err
-    assert not link.exists() and not link.is_symlink()
+    assert getattr(cli_config(*argv), field) == value

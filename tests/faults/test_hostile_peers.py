@@ -1,10 +1,11 @@
-"""Bad input and hostile peers against a listening TLS bridge while a session is transferring
-(issue 4): each gets one clear log line naming the peer and the cause, the bridge keeps
-serving, and the active session's bytes arrive intact (sha256 both ways).
+"""Bad input and hostile peers against a listening TLS bridge while a session is transferring:
+each gets one clear log line naming the peer and the cause, the bridge keeps serving, and the
+active session's bytes arrive intact (sha256 both ways). Also a server that is not who it
+should be, and a session's own peer that resets, stops reading or leaves without close_notify.
 
-The bridge runs with ``--second-client replace`` so that every newcomer gets as far as the TLS
-handshake and our policy (with ``reject`` it would be refused before it, whatever it sends):
-none of them may take the line over from the authenticated session.
+The bridge (tests/support/hostile.py) runs with ``--second-client replace`` so that every
+newcomer gets as far as the TLS handshake and our policy: none of them may take the line over
+from the authenticated session.
 """
 
 from __future__ import annotations
@@ -323,7 +324,7 @@ async def test_peer_that_resets_mid_transfer_is_logged_and_the_line_serves_the_n
             async with trio.open_nursery() as nursery:
                 # Only client -> pty here, with the application reading all along: bytes the
                 # application writes around the reset would rightly go to the next session
-                # (and a pty nobody reads keeps a session waiting, see test_sessions).
+                # (and a pty nobody reads keeps a session waiting, see test_unread_local_end.py).
                 nursery.start_soon(guarded.up.receive_loop)
                 with trio.move_on_after(0.5):
                     await guarded.up.send_loop()

@@ -22,11 +22,10 @@ from tests.support.streams import open_pty, poll_flags, read_until, sha256
 MiB = 1 << 20
 
 
-# src bug (reported): the remote->pty pump holds a chunk it could not write to an unread pty;
-# when the remote dies meanwhile the session never ends (Session._fail keeps that pump
-# running "to deliver what arrived", and drain() only stops reads), so the dead peer keeps
-# the line: every new client is refused as "a session ... is active" and --idle-timeout
-# cannot end it. Deterministic.
+# When the remote dies, the remote->pty pump may be holding a chunk it cannot write to an
+# unread pty. The session must end all the same: if it waited for that pump to deliver what
+# arrived, the dead peer would keep the line (every new client refused as "a session ... is
+# active") and --idle-timeout could not end it.
 async def test_a_dead_remote_does_not_hold_the_line_while_the_pty_is_unread(
     pki: PKI, info_logs: pytest.LogCaptureFixture
 ) -> None:

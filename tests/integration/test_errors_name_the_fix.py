@@ -378,7 +378,7 @@ def test_the_default_tls_priority_is_logged_only_with_verbose(pki: PKI) -> None:
         (["--server", "--reconnect", "1"], "--reconnect applies to a connecting bridge"),
     ],
 )
-def test_bad_issue_4_option_value_gives_one_error_line_and_exit_status_2(
+def test_bad_session_option_value_gives_one_error_line_and_exit_status_2(
     argv: list[str], error: str
 ) -> None:
     proc = run_cli(*argv)

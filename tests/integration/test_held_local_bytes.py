@@ -77,11 +77,10 @@ async def test_pty_and_link_survive_reconnects_and_bytes_written_while_down_arri
     assert log_lines(info_logs, "^local end: ") == [f"local end: pty {path} (link {link})"]
 
 
-# src bug (reported): when a session starts, Bridge._claim() cancels the task that discards
-# local bytes between sessions, but that task leaves receive_some() only when trio next runs
-# it; if the session's pump reads first (trio picks either order), the pty raises
-# BusyResourceError and the whole bridge dies. Ten sessions make the crash near certain (the
-# chance of dodging it is 2**-10), so the mark stays strict; remove it with the fix.
+# When a session starts, the task that discards local bytes between sessions is cancelled, and
+# it leaves receive_some() only when trio next runs it; the session's pump may read the pty
+# first (trio picks either order). Two readers at once would be a BusyResourceError that ends
+# the bridge. Ten sessions make both orders all but certain to occur (2**-10 to miss one).
 async def test_when_disconnected_drop_discards_and_counts_bytes_written_while_down(
     pki: PKI, info_logs: pytest.LogCaptureFixture
 ) -> None:

@@ -142,7 +142,7 @@ async def test_sigint_mid_session_delivers_in_flight_bytes_then_close_notify(
     ), log
 
 
-async def test_a_real_bridge_starts_with_every_issue_4_option_and_exits_0_on_sigterm() -> None:
+async def test_a_bridge_with_every_session_option_starts_and_exits_0_on_sigterm() -> None:
     port = free_port()  # nothing listens: the bridge keeps retrying
     args = ["--host", HOST, "--port", str(port), "--reconnect", "0.2", "--reconnect-max", "0.5"]
     args += ["--handshake-timeout", "2", "--idle-timeout", "5", "--when-disconnected", "drop"]

@@ -147,7 +147,7 @@ async def test_pty_end_close_gives_the_application_the_last_bytes_then_eof_and_b
 
 async def test_pty_end_aclose_right_after_a_write_still_lets_a_reader_have_the_bytes() -> None:
     # A race with the kernel's flush work: run it on ten ptys at once so that the outcome
-    # does not depend on luck (each loses its bytes most of the time today).
+    # does not depend on luck (a close that did not wait would lose most of them).
     results: dict[int, bytes] = {}
     async with pty_pairs() as maker:
 

@@ -1,7 +1,7 @@
-"""The traffic log (issue 4): ``--logfile`` keeps exactly the plaintext sent to the remote (QEMU's
-``logfile``), ``--logappend`` keeps what was there, ``--logfile-direction both`` with
-``--log-format hex`` gives timestamped ``>``/``<`` dump lines, and a log that cannot be written
-never stops the data path and is reported once."""
+"""The traffic log of a running bridge: ``--logfile`` keeps exactly the plaintext sent to the
+remote (QEMU's ``logfile``), even what is dropped while disconnected; ``--logappend`` keeps
+what was there; ``--logfile-direction both`` with ``--log-format hex`` gives timestamped
+``>``/``<`` dump lines. (A log that cannot be written: faults/test_log_write_failures.py.)"""
 
 from __future__ import annotations
 

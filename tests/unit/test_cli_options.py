@@ -78,7 +78,7 @@ def test_cli_traffic_log_options() -> None:
     assert config_from_args(build_parser().parse_args([])).traffic_log is None
 
 
-def test_issue_4_option_defaults() -> None:
+def test_session_and_reconnect_options_have_their_documented_defaults() -> None:
     cfg = cli_config()
     assert cfg.handshake_timeout == 10
     assert cfg.reconnect_max == 30
@@ -107,7 +107,7 @@ def test_issue_4_option_defaults() -> None:
         (["--tls-username", "ops"], "tls_username", "ops"),
     ],
 )
-def test_issue_4_option_is_parsed_into_the_config(
+def test_session_option_is_parsed_into_the_config(
     argv: list[str], field: str, value: object
 ) -> None:
     assert getattr(cli_config(*argv), field) == value

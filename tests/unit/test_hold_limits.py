@@ -25,7 +25,7 @@ from tests.support.net import HOST
 def test_a_pty_holds_for_two_seconds_unless_told_and_explicit_block_holds_without_limit() -> None:
     assert DEFAULT_PTY_HOLD_MAX == 2.0
     assert hold_limit("pty", None, None) == 2.0
-    assert hold_limit("pty", "block", None) is None  # today's behaviour, for data channels
+    assert hold_limit("pty", "block", None) is None  # every byte, however old: data channels
     assert hold_limit("pty", "block", 5.0) == 5.0
     assert hold_limit("pty", None, 0.5) == 0.5
     for kind in ("tty", "stdio", "unix", "tcp-listen"):

@@ -1,7 +1,7 @@
-"""Property tests (hypothesis) for every parser a user feeds (issue 4): ``--local`` specs,
-gnutls priority strings, authz-list JSON and its globs. Whatever the input: a result, or a
-ValueError with a one-line message; never a crash. (Data-path chunkings and close orders are
-in test_datapath.py.)"""
+"""Property tests (hypothesis) for every parser a user feeds: ``--local`` specs, gnutls priority
+strings, authz-list JSON and its globs. Whatever the input: a result, or a ValueError with a
+one-line message; never a crash. (Data-path chunkings and close orders are in
+test_datapath.py.)"""
 
 from __future__ import annotations
 
@@ -77,9 +77,8 @@ def test_local_spec_parses_or_says_why_and_round_trips(text: str) -> None:
     assert parse_local_spec(str(spec)) == spec
 
 
-# src bug (reported): str.isdigit() accepts superscript digits that int() refuses, so these
-# escape as a bare "invalid literal for int() with base 10" instead of a LocalSpecError that
-# says what is wrong with the port.
+# str.isdigit() accepts superscript digits that int() refuses: such a port still gets a
+# LocalSpecError that says what is wrong with it, not a bare "invalid literal for int()".
 @pytest.mark.parametrize("text", ["tcp:host:²", "tcp-listen:[::1]:³"])
 def test_local_spec_with_a_superscript_port_gets_a_clear_error(text: str) -> None:
     with pytest.raises(LocalSpecError, match="port"):
@@ -196,9 +195,8 @@ def test_authz_file_of_any_content_loads_or_says_why(content: bytes, tmp_path: P
         assert str(exc).startswith(f"{path}: ")
 
 
-# src bug (reported): json.loads raises RecursionError on deeply nested input, and
-# load_authz_file only turns JSONDecodeError into AuthzFileError; the CLI then dies with a
-# traceback instead of one line naming the file.
+# json.loads raises RecursionError on deeply nested input, not JSONDecodeError: the file
+# still gets one line naming it (an AuthzFileError), not a traceback.
 def test_authz_file_nested_too_deep_gets_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "authz.json"
     path.write_text("[" * 100_000)

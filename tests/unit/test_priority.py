@@ -58,7 +58,7 @@ def test_secure192_and_256_need_192_bit_keys_and_p384() -> None:
     for text in ("SECURE192", "SECURE256"):
         prio = parse_priority(text, keywords={})
         assert prio.ecdh_curve == "secp384r1" and prio.security_level == 4
-        # OpenSSL's level 4 refuses AES-128 itself (see test_access_control), so nothing
+        # OpenSSL's level 4 refuses AES-128 itself (see interop/test_access_control.py), so nothing
         # is left for the after-handshake check.
         assert prio.tls13_unenforced == set()
         assert not any("cannot be restricted" in n for n in prio.notes)
@@ -119,7 +119,7 @@ def test_at_keywords_resolve_from_gnutls_config_with_fallbacks() -> None:
 
 
 def test_an_undefined_keyword_with_a_newline_is_reported_on_one_line() -> None:
-    # Found by hypothesis (test_properties): '@\n0' made a two-line error.
+    # A keyword name with a newline in it is quoted, so the message stays one line.
     with pytest.raises(PriorityError) as raised:
         parse_priority("@\n0", keywords={})
     assert str(raised.value).startswith("'@\\n0': none of '\\n0' is defined"), raised.value

@@ -147,10 +147,10 @@ async def test_payload_sizes_round_trip(pki: PKI, size: int) -> None:
     "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
 )
 def test_close_notify_keeps_records_already_received(pki: PKI, version: ssl.TLSVersion) -> None:
-    # Sans-IO: records that arrived but were not read yet when we half-close. unwrap()'s
-    # second SSL_shutdown() used to consume them and fail (APPLICATION_DATA_AFTER_CLOSE_NOTIFY),
-    # so the reverse direction lost them and then ended early: a bridge pair lost up to
-    # 1.3 MB of a 32 MiB transfer this way once its sockets stopped yielding on every call.
+    # Sans-IO: records that arrived but were not read yet when we half-close must still be
+    # read. A second SSL_shutdown(), as unwrap() makes, would consume them and fail
+    # (APPLICATION_DATA_AFTER_CLOSE_NOTIFY): the reverse direction would lose them and end
+    # early, megabytes of a fast transfer.
     client, server = engine_pair(pki, version)
     payload = os.urandom(300_000)
     server.write_plaintext(payload, split_last=True)
@@ -187,7 +187,7 @@ def test_close_notify_on_a_broken_connection_keeps_data_and_the_reason(
     pki: PKI, ending: str
 ) -> None:
     # QEMU ends without close_notify; a corrupt record ends a session too. Half-closing
-    # then must neither raise (unwrap() used to: SHUTDOWN_WHILE_IN_INIT) nor lose what came
+    # then must neither raise (as unwrap() does: SHUTDOWN_WHILE_IN_INIT) nor lose what came
     # before; the reads still tell how it ended.
     client, server = engine_pair(pki)
     server.write_plaintext(b"before the end", split_last=False)

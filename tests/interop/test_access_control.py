@@ -51,6 +51,8 @@ from tests.support.procs import (
 )
 from tests.support.streams import assert_silent, open_pty, read_until
 
+pytestmark = pytest.mark.interop
+
 # gnutls-cli and the bridge must not pick up a priority file from the test's environment.
 GOOD_DN = pki.DEFAULT_CLIENT_DN
 PEER = r"127\.0\.0\.1:\d+"
@@ -148,7 +150,6 @@ async def denied_gnutls_client(
 # === revocation ===============================================================================
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize(
     ("priority", "version"),
     [("NORMAL", "1.3"), ("NORMAL:-VERS-TLS1.3", "1.2")],
@@ -182,7 +183,6 @@ async def test_crl_refuses_revoked_gnutls_cli_and_admits_a_good_one(
     assert re.search(rf"session from {PEER}: TLSv1\.3 .*'{GOOD_DN}'", caplog.text)
 
 
-@pytest.mark.interop
 async def test_crl_refuses_revoked_qemu_client_and_admits_a_good_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -208,7 +208,6 @@ async def test_crl_refuses_revoked_qemu_client_and_admits_a_good_one(
     assert re.search(rf"session from {PEER}: TLSv1\.3 .*'{GOOD_DN}'", caplog.text)
 
 
-@pytest.mark.interop
 async def test_crl_past_next_update_still_revokes_like_qemu(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -245,7 +244,6 @@ async def test_crl_past_next_update_still_revokes_like_qemu(
 # === allow-lists ==============================================================================
 
 
-@pytest.mark.interop
 async def test_tls_authz_glob_with_gnutls_cli(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -265,7 +263,6 @@ async def test_tls_authz_glob_with_gnutls_cli(
     assert re.search(rf"session from {PEER}: .*'{GOOD_DN}'", caplog.text)
 
 
-@pytest.mark.interop
 async def test_tls_authz_glob_with_qemu_client(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -287,7 +284,6 @@ async def test_tls_authz_glob_with_qemu_client(
                     await qmp_round_trip(app)
 
 
-@pytest.mark.interop
 async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
     creds = make_creds(tmp_path, other_dn="O=chardev-bridge,CN=clever")
     rules = {
@@ -319,7 +315,6 @@ async def test_tls_authz_file_in_qemu_format_via_cli(tmp_path: Path) -> None:
     assert any(re.match(rf"session from {PEER}: .*'{GOOD_DN}'", line) for line in lines), lines
 
 
-@pytest.mark.interop
 async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -352,7 +347,6 @@ async def test_bridge_client_refuses_a_qemu_server_outside_its_allow_list(
 # === TLS priority =============================================================================
 
 
-@pytest.mark.interop
 async def test_priority_without_tls13_negotiates_tls12_with_gnutls_cli(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,7 +365,6 @@ async def test_priority_without_tls13_negotiates_tls12_with_gnutls_cli(
     assert re.search(rf"session from {PEER}: TLSv1\.2 ECDHE-ECDSA-\S+, .*'{GOOD_DN}'", caplog.text)
 
 
-@pytest.mark.interop
 async def test_priority_from_the_application_policy_entry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -391,7 +384,6 @@ async def test_priority_from_the_application_policy_entry(
     assert f"TLS priority NORMAL:-VERS-TLS1.3, from {policy} (CHARDEV_BRIDGE)" in caplog.messages
 
 
-@pytest.mark.interop
 async def test_tls13_only_refuses_a_tls12_only_gnutls_cli_with_a_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -412,7 +404,6 @@ async def test_tls13_only_refuses_a_tls12_only_gnutls_cli_with_a_reason(
     assert "TLS priority NORMAL:-VERS-ALL:+VERS-TLS1.3, from --tls-priority" in caplog.messages
 
 
-@pytest.mark.interop
 def test_unmappable_priority_fails_at_start_naming_the_token(tmp_path: Path) -> None:
     creds = make_creds(tmp_path)
     text = "NORMAL:+CAMELLIA-128-CBC"
@@ -447,7 +438,6 @@ def encrypted(tmp_path: Path) -> Creds:
     return make_creds(tmp_path, other_dn="O=chardev-bridge,CN=plain", key_password=PASSWORD)
 
 
-@pytest.mark.interop
 async def test_encrypted_server_key_with_password_file_via_cli(
     tmp_path: Path, encrypted: Creds
 ) -> None:
@@ -477,7 +467,6 @@ def _qemu_key_error(creds_dir: Path, secret: str | None) -> list[str]:
     return qemu_errors(stderr)
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize(
     ("password", "hint"),
     [
@@ -506,7 +495,6 @@ def test_encrypted_key_problems_fail_at_start_in_one_line(
 # === start-up checks (QEMU's load-time checks, QEMU's words) ==================================
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize("case", ["expired", "ca-false"])
 def test_bad_credentials_stop_the_cli_with_qemus_words(tmp_path: Path, case: str) -> None:
     build, template = CASES[case]
@@ -542,7 +530,6 @@ async def _aes128_only_client_then_a_good_one(
     return code, line, output
 
 
-@pytest.mark.interop
 async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -560,7 +547,6 @@ async def test_tls13_suite_outside_the_priority_is_denied_after_the_handshake(
     assert b"(TLS1.3-X.509)" in output and b"AES-256-GCM" in output, output
 
 
-@pytest.mark.interop
 async def test_secure256_refuses_a_tls13_aes128_only_gnutls_cli_in_the_handshake(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,6 +20,8 @@ from chardev_bridge.qemu.authz import (
 from tests.support.certs import write_authz_file
 from tests.support.peers import Qemu, QemuError, qemu_errors, tls_creds_args, tls_monitor_args
 
+pytestmark = pytest.mark.interop
+
 
 # QEMU 7.2 cannot create its authz-listfile object (QAPI calls the type "authz-listfile", QOM
 # "authz-list-file"; each name is refused by the other), so the same JSON goes to authz-list.
@@ -42,7 +44,6 @@ def _reaches_qmp(port: int, ca: Path, leaf: pki.Issued, key_dir: Path) -> bool:
             return False  # QEMU closes the TCP connection on an authz denial
 
 
-@pytest.mark.interop
 def test_qemu_tls_authz_agrees_with_authz_list(tmp_path: Path) -> None:
     root = tmp_path / "pki"
     pki.init_pki(root)
@@ -79,7 +80,6 @@ def test_qemu_tls_authz_agrees_with_authz_list(tmp_path: Path) -> None:
             assert acl.is_allowed(dn) is qemu_allows, dn
 
 
-@pytest.mark.interop
 def test_qemu_refuses_the_authz_files_we_refuse(tmp_path: Path) -> None:
     bad: list[dict[str, object]] = [
         {"policy": "Deny"},

@@ -34,8 +34,9 @@ from tests.support.peers import (
 )
 from tests.support.procs import BASE_ENV
 
+pytestmark = pytest.mark.interop
 
-@pytest.mark.interop
+
 @pytest.mark.parametrize("endpoint", ["server", "client"])
 def test_credcheck_verdicts_match_qemu_7_2_loading_the_same_dirs(
     tmp_path: Path, endpoint: Endpoint
@@ -87,7 +88,6 @@ def _client_reaches_qmp(server_dir: Path, client_dir: Path) -> bool:
     return b'{"QMP"' in _gnutls_cli_to_qemu(server_dir, client_dir).stdout
 
 
-@pytest.mark.interop
 def test_qemu_refuses_client_revoked_by_generated_crl_even_when_out_of_date(tmp_path: Path) -> None:
     root = tmp_path / "pki"
     pki.init_pki(root)
@@ -109,7 +109,6 @@ def test_qemu_refuses_client_revoked_by_generated_crl_even_when_out_of_date(tmp_
     assert _client_reaches_qmp(root / "server", root / "client")
 
 
-@pytest.mark.interop
 def test_qemu_loads_generated_dirs_of_every_kind(tmp_path: Path) -> None:
     args: list[str] = []
     kinds = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -130,7 +129,6 @@ def test_qemu_loads_generated_dirs_of_every_kind(tmp_path: Path) -> None:
         assert qemu.execute("qom-get", path="/objects/se", property="loaded") is True
 
 
-@pytest.mark.interop
 def test_qemu_serves_qmp_over_tls_to_gnutls_cli_with_generated_creds(creds_root: Path) -> None:
     proc = _gnutls_cli_to_qemu(
         creds_root / "server", creds_root / "client", b'{"execute": "qmp_capabilities"}\n'
@@ -138,7 +136,6 @@ def test_qemu_serves_qmp_over_tls_to_gnutls_cli_with_generated_creds(creds_root:
     assert b'{"QMP"' in proc.stdout, proc.stderr.decode(errors="replace")
 
 
-@pytest.mark.interop
 def test_qemu_client_endpoint_presents_generated_client_cert(creds_root: Path) -> None:
     server, client = creds_root / "server", creds_root / "client"
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

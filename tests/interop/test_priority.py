@@ -23,6 +23,8 @@ from chardev_bridge.qemu.priority import (
 from tests.support.net import priority_context
 from tests.support.peers import Qemu, require_tool, tls_creds_args, tls_monitor_args
 
+pytestmark = pytest.mark.interop
+
 NAMED = ["NORMAL", "SECURE128", "SECURE192", "SECURE256", "PFS", "PERFORMANCE"]
 EDITED = [
     "NORMAL:-VERS-TLS1.2",
@@ -56,7 +58,6 @@ def gnutls_tls12_suites(text: str) -> list[int]:
     return codes
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize("text", NAMED + EDITED)
 def test_tls12_suite_list_equals_gnutls_list(text: str) -> None:
     known = {code for _, code in TLS12_SUITES.values()}
@@ -133,7 +134,6 @@ def _client_ctx(text: str, root: Path, key_type: str) -> ssl.SSLContext:
     return ctx
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize(("text", "key_type", "version", "cipher"), HANDSHAKES)
 def test_python_client_negotiates_what_the_string_allows_with_qemu(
     qemu_priorities: tuple[Qemu, Path], text: str, key_type: str, version: str, cipher: str
@@ -147,7 +147,6 @@ def test_python_client_negotiates_what_the_string_allows_with_qemu(
     assert check_negotiated(parse_priority(text, keywords={}), got_version, got_cipher) is None
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize(
     ("client", "server"),
     [("NORMAL:-VERS-TLS1.2", "tls12-only"), ("SECURE256:-VERS-TLS1.3", "aes128-only")],
@@ -164,7 +163,6 @@ def test_qemu_refuses_a_client_outside_its_policy_with_a_bare_close(
         _connect(port, ctx)
 
 
-@pytest.mark.interop
 def test_client_refuses_a_server_key_too_weak_for_secure256(
     qemu_priorities: tuple[Qemu, Path],
 ) -> None:
@@ -177,7 +175,6 @@ def test_client_refuses_a_server_key_too_weak_for_secure256(
     assert "too small" in str(info.value) or "too weak" in str(info.value), info.value
 
 
-@pytest.mark.interop
 @pytest.mark.parametrize("text", ["NORMAL", "SECURE256", "NORMAL:-VERS-TLS1.3", "PFS"])
 def test_python_server_context_serves_gnutls_cli_using_the_same_string(
     tmp_path: Path, text: str

@@ -38,6 +38,8 @@ from tests.support.psk import (
 )
 from tests.support.streams import open_pty, read_until
 
+pytestmark = pytest.mark.interop
+
 # What QEMU adds to its priority for PSK credentials; gnutls-cli offers no PSK without it.
 GNUTLS_PSK_PRIORITY = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
 

@@ -25,8 +25,9 @@ from tests.support.procs import (
 )
 from tests.support.streams import open_pty
 
+pytestmark = pytest.mark.interop
 
-@pytest.mark.interop
+
 def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
     qemu_pki: PKI, tmp_path: Path
 ) -> None:
@@ -46,7 +47,6 @@ def test_a_client_without_certificate_closed_on_by_qemu_is_told_it_sent_none(
     ), proc.stderr
 
 
-@pytest.mark.interop
 async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_tls(
     qemu_pki: PKI,
 ) -> None:
@@ -67,7 +67,6 @@ async def test_a_reset_after_our_first_plain_bytes_suggests_the_server_expects_t
     ), bridge.log()
 
 
-@pytest.mark.interop
 def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_time(
     qemu_pki: PKI,
 ) -> None:
@@ -92,7 +91,6 @@ def test_piped_stdin_to_a_server_that_rejects_us_exits_1_with_its_reason_every_t
             assert "it probably rejected our client certificate" in stderr_messages(err)[-1], err
 
 
-@pytest.mark.interop
 async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last_line(
     qemu_pki: PKI,
 ) -> None:
@@ -116,7 +114,6 @@ async def test_a_pty_bridge_rejected_by_qemu_ends_with_the_rejection_as_its_last
     ), line
 
 
-@pytest.mark.interop
 def test_piped_stdin_to_qemu_that_accepts_us_still_exits_0(qemu_pki: PKI) -> None:
     require_qemu()
     with Qemu(qemu_tls_server_args(qemu_pki.server_dir)) as qemu:

@@ -79,7 +79,6 @@ async def test_a_unix_local_end_reaches_qemu_again_after_qemu_restarts(
                 await client.aclose()
 
 
-@pytest.mark.interop
 async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again(
     tmp_path: Path,
 ) -> None:

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import termios
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +39,15 @@ MiB = 1 << 20
 # -- ptys ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def pty_end() -> AsyncIterator[PtyEnd]:
+    """A started PtyEnd (no link), closed at the end of the test."""
+    end = PtyEnd()
+    await end.start()
+    async with end:
+        yield end
+
+
 async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
     end = PtyEnd(link=tmp_path / "console")
     await end.start()
@@ -58,107 +68,96 @@ async def test_pty_is_raw_and_binary_safe_both_ways(tmp_path: Path) -> None:
     assert not (tmp_path / "console").is_symlink()
 
 
-async def test_pty_restores_raw_mode_after_a_client_cooks_it() -> None:
-    end = PtyEnd()
-    await end.start()
-    try:
-        async with open_pty(end.path) as app:
-            fd = os.open(end.path, os.O_RDWR | os.O_NOCTTY)
-            attrs = termios.tcgetattr(fd)
-            attrs[3] |= termios.ECHO | termios.ICANON
-            attrs[1] |= termios.OPOST | termios.ONLCR
-            termios.tcsetattr(fd, termios.TCSANOW, attrs)
-            assert not is_raw(fd)
-            await end.send_all(b"a\n")  # checked before every write, not once a second
-            assert await read_exactly(app, 2) == b"a\n"  # not "a\r\n"
-            assert is_raw(fd)
-            # ... and after every read.
-            termios.tcsetattr(fd, termios.TCSANOW, attrs)
-            await app.send_all(b"b")
-            assert await read_exactly(end, 1) == b"b"
-            assert is_raw(fd)
-            os.close(fd)
-    finally:
-        await end.aclose()
+async def test_pty_restores_raw_mode_after_a_client_cooks_it(pty_end: PtyEnd) -> None:
+    async with open_pty(pty_end.path) as app:
+        fd = os.open(pty_end.path, os.O_RDWR | os.O_NOCTTY)
+        attrs = termios.tcgetattr(fd)
+        attrs[3] |= termios.ECHO | termios.ICANON
+        attrs[1] |= termios.OPOST | termios.ONLCR
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        assert not is_raw(fd)
+        await pty_end.send_all(b"a\n")  # checked before every write, not once a second
+        assert await read_exactly(app, 2) == b"a\n"  # not "a\r\n"
+        assert is_raw(fd)
+        # ... and after every read.
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        await app.send_all(b"b")
+        assert await read_exactly(pty_end, 1) == b"b"
+        assert is_raw(fd)
+        os.close(fd)
 
 
-async def test_pty_remote_bytes_are_not_echoed_right_after_a_client_cooks_it() -> None:
-    end = PtyEnd()
-    await end.start()
-    try:
-        async with open_pty(end.path) as app:
-            with trio.fail_after(5):
-                await end.send_all(b"first")  # a write that finds the pty raw ...
-                assert await read_exactly(app, 5) == b"first"
-            # ... then what `stty sane` does, just before the remote's next bytes arrive.
-            attrs = termios.tcgetattr(app.fileno())
-            attrs[3] |= termios.ECHO | termios.ICANON
-            attrs[0] |= termios.ICRNL
-            termios.tcsetattr(app.fileno(), termios.TCSANOW, attrs)
-            sent = b"secret\r\ncommand\r\n"
-            with trio.fail_after(5):
-                await end.send_all(sent)
-                assert await read_exactly(app, len(sent)) == sent  # no ICRNL, no line editing
-            with trio.move_on_after(0.3) as nothing_echoed:
-                echoed = await end.receive_some()
-            assert nothing_echoed.cancelled_caught, f"echoed back: {echoed!r}"
-    finally:
-        await end.aclose()
+async def test_pty_remote_bytes_are_not_echoed_right_after_a_client_cooks_it(
+    pty_end: PtyEnd,
+) -> None:
+    async with open_pty(pty_end.path) as app:
+        with trio.fail_after(5):
+            await pty_end.send_all(b"first")  # a write that finds the pty raw ...
+            assert await read_exactly(app, 5) == b"first"
+        # ... then what `stty sane` does, just before the remote's next bytes arrive.
+        attrs = termios.tcgetattr(app.fileno())
+        attrs[3] |= termios.ECHO | termios.ICANON
+        attrs[0] |= termios.ICRNL
+        termios.tcsetattr(app.fileno(), termios.TCSANOW, attrs)
+        sent = b"secret\r\ncommand\r\n"
+        with trio.fail_after(5):
+            await pty_end.send_all(sent)
+            assert await read_exactly(app, len(sent)) == sent  # no ICRNL, no line editing
+        with trio.move_on_after(0.3) as nothing_echoed:
+            echoed = await pty_end.receive_some()
+        assert nothing_echoed.cancelled_caught, f"echoed back: {echoed!r}"
 
 
-async def test_pty_counts_bytes_written_as_a_reader_drains_them() -> None:
-    end = PtyEnd()
-    await end.start()
-    try:
-        payload = os.urandom(200_000)  # far more than the pty holds: many partial writes
-        progress: list[int] = []
-        async with open_pty(end.path) as app, trio.open_nursery() as nursery:
+async def test_pty_counts_bytes_written_as_a_reader_drains_them(pty_end: PtyEnd) -> None:
+    payload = os.urandom(200_000)  # far more than the pty holds: many partial writes
+    progress: list[int] = []
+    async with open_pty(pty_end.path) as app, trio.open_nursery() as nursery:
 
-            async def slow_reader() -> None:
-                got = bytearray()
-                while len(got) < len(payload):
-                    got += await app.receive_some(8192)
-                    progress.append(end.bytes_written)
-                    await trio.sleep(0.001)
-                assert got == payload
+        async def slow_reader() -> None:
+            got = bytearray()
+            while len(got) < len(payload):
+                got += await app.receive_some(8192)
+                progress.append(pty_end.bytes_written)
+                await trio.sleep(0.001)
+            assert got == payload
 
-            nursery.start_soon(slow_reader)
-            with trio.fail_after(20):
-                await end.send_all(payload)
-        assert end.bytes_written == len(payload)
-        # It grew while send_all was still running: progress is visible mid-chunk.
-        assert any(0 < n < len(payload) for n in progress)
-    finally:
-        await end.aclose()
+        nursery.start_soon(slow_reader)
+        with trio.fail_after(20):
+            await pty_end.send_all(payload)
+    assert pty_end.bytes_written == len(payload)
+    # It grew while send_all was still running: progress is visible mid-chunk.
+    assert any(0 < n < len(payload) for n in progress)
 
 
-async def test_pty_writes_block_instead_of_dropping_when_unread() -> None:
-    end = PtyEnd()
-    await end.start()
-    try:
-        sent = 0
-        with trio.move_on_after(1):
-            while True:
-                await end.send_all(b"x" * 1024)
-                sent += 1024
-        assert 0 < sent < 1024 * 1024  # it blocked: back-pressure, not a growing buffer
-        async with open_pty(end.path) as app:
-            got = await read_exactly(app, sent)
-        assert got == b"x" * sent
-    finally:
-        await end.aclose()
+async def test_pty_writes_block_instead_of_dropping_when_unread(pty_end: PtyEnd) -> None:
+    sent = 0
+    with trio.move_on_after(1):
+        while True:
+            await pty_end.send_all(b"x" * 1024)
+            sent += 1024
+    assert 0 < sent < 1024 * 1024  # it blocked: back-pressure, not a growing buffer
+    async with open_pty(pty_end.path) as app:
+        got = await read_exactly(app, sent)
+    assert got == b"x" * sent
 
 
 # -- ttys that vanish and come back ----------------------------------------------------------------
 
 
-async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: Path) -> None:
-    link = tmp_path / "ttyS-vm"
+async def tty_end_on_a_link(link: Path) -> tuple[TtyEnd, int]:
+    """A started TtyEnd on ``link``, made a symlink to a new pty's slave; and that pty's master,
+    the end its program (QEMU) holds."""
     master, slave = os.openpty()
     os.symlink(os.ttyname(slave), link)
     end = TtyEnd(str(link))
     await end.start()
-    os.close(slave)
+    os.close(slave)  # the bridge has its own descriptor
+    return end, master
+
+
+async def test_tty_end_reopens_a_device_that_vanishes_and_comes_back(tmp_path: Path) -> None:
+    link = tmp_path / "ttyS-vm"
+    end, master = await tty_end_on_a_link(link)
     try:
         os.write(master, b"first")
         with trio.fail_after(5):
@@ -320,12 +319,8 @@ async def test_tty_symlink_is_followed_to_the_new_pty_it_points_to(
 ) -> None:
     caplog.set_level(logging.INFO, logger="chardev_bridge")
     link = tmp_path / "vm-console"
-    master, slave = os.openpty()
-    old_path = os.ttyname(slave)
-    os.symlink(old_path, link)
-    end = TtyEnd(str(link))
-    await end.start()
-    os.close(slave)
+    end, master = await tty_end_on_a_link(link)
+    old_path = os.readlink(link)
     opened: list[int] = []
     got: list[bytes] = []
     try:
@@ -397,11 +392,7 @@ async def test_tty_end_keeps_waiting_when_its_path_comes_back_as_a_non_tty(
     tmp_path: Path,
 ) -> None:
     link = tmp_path / "ttyS-vm"
-    master, slave = os.openpty()
-    os.symlink(os.ttyname(slave), link)
-    end = TtyEnd(str(link))
-    await end.start()
-    os.close(slave)
+    end, master = await tty_end_on_a_link(link)
     try:
         # The device goes away and the name comes back as something that is not a tty.
         os.close(master)

@@ -22,7 +22,7 @@ from chardev_bridge.tls.errors import describe_tls_error
 from chardev_bridge.tls.setup import Endpoint
 from chardev_bridge.tls.stream import TLSHandshakeError
 from tests.support.bridges import running_bridge
-from tests.support.peers import qemu_errors, qemu_load, require_tool
+from tests.support.peers import qemu_errors, qemu_load, require_tool, start_qmp
 from tests.support.peers import qemu_in_thread as qemu
 from tests.support.procs import BASE_ENV, reap
 from tests.support.psk import (
@@ -269,9 +269,7 @@ async def test_bridge_cli_config_carries_qmp_to_a_qemu_psk_server_through_its_pt
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path
                 async with open_pty(ready.pty_path) as app:
-                    assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
-                    await app.send_all(b'{"execute":"qmp_capabilities"}\n')
-                    assert await read_until(app, b"\r\n") == b'{"return": {}}\r\n'
+                    await start_qmp(app)
                     await app.send_all(b'{"execute":"query-status"}\n')
                     reply = await read_until(app, b"\r\n")
     assert b'"status": "prelaunch"' in reply

@@ -38,6 +38,7 @@ from tests.support.peers import (
     qemu_load,
     qemu_tls_client_args,
     qemu_tls_server_args,
+    start_qmp,
     tls_creds_args,
 )
 from tests.support.streams import open_pty, read_until
@@ -268,9 +269,7 @@ async def test_qemu_loads_creds_init_dirs_and_talks_through_the_bridge(
             async with running_bridge(cfg) as ready:
                 assert ready.pty_path
                 async with open_pty(ready.pty_path) as app:
-                    assert (await read_until(app, b"\r\n")).startswith(b'{"QMP"')
-                    await app.send_all(b'{"execute":"qmp_capabilities"}\n')
-                    assert await read_until(app, b"\r\n") == b'{"return": {}}\r\n'
+                    await start_qmp(app)
     finally:
         await trio.to_thread.run_sync(vm.close)
     assert "peer certificate 'CN=localhost'" in caplog.text

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import trio
 
+from tests.support.streams import read_until
+
 # Debian packages that ship each peer (see .ci/run).
 PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
@@ -233,6 +235,14 @@ def gnutls_cli_command(creds_dir: Path, port: int, *extra: str) -> list[str]:
         *extra,
         *["-p", str(port), "127.0.0.1"],
     ]
+
+
+async def start_qmp(stream: trio.abc.Stream) -> None:
+    """On a stream that leads to QEMU's QMP monitor: the greeting arrives, and
+    ``qmp_capabilities`` (one line, as a user types it) is answered."""
+    assert (await read_until(stream, b"\r\n")).startswith(b'{"QMP"')
+    await stream.send_all(b'{"execute":"qmp_capabilities"}\n')
+    assert await read_until(stream, b"\r\n") == b'{"return": {}}\r\n'
 
 
 def qemu_load(args: Sequence[str]) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Two bridges back to back over TLS: the byte stream arrives whole, both ways at once."""
+"""Two bridges back to back over TLS: the byte stream arrives whole, both ways at once, over
+every local end, IPv6 and names, several sessions, and TLS roles opposite to the TCP roles."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""The console log: ``--logfile-direction from-remote`` with ``--log-format lines`` keeps what
-the remote printed as timestamped, escaped lines; ``--logfile-max``/``--logfile-backups`` rotate
-at line boundaries; SIGUSR1 reopens the file; a full or slow disk loses log lines, never
-console bytes nor time on the data path.
+"""The console log of a running bridge: ``--logfile-direction from-remote`` with
+``--log-format lines`` keeps what the remote printed as timestamped, escaped lines;
+``--logfile-max``/``--logfile-backups`` rotate at line boundaries, and ``tail -F`` follows;
+SIGUSR1 reopens the file. (A disk that fails the log: faults/test_log_write_failures.py.)
 
-Real ``chardev-bridge`` processes with a pty local end and a plain TCP remote.
-"""
+Real ``chardev-bridge`` processes with a pty local end and a plain TCP remote."""
 
 from __future__ import annotations
 

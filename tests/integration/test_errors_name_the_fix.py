@@ -1,7 +1,7 @@
 """Errors a newcomer meets, each one line naming the cause, the path or address and the fix,
 with the exit status it comes with: real ``python -m chardev_bridge`` processes against
-listeners, TLS servers and QEMU on 127.0.0.1.
-"""
+listeners and TLS servers on 127.0.0.1. (What QEMU's rejections make a bridge say:
+interop/test_qemu_error_messages.py.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Read-only viewers (``--viewers``): a real ``chardev-bridge`` process with a real pty (or
-socket) local end, a plain TCP remote, and viewers on the viewer socket.
+socket, or stdio) local end, a plain TCP remote, and viewers on the viewer socket.
 
-Viewers get the replay then the live output of the remote, never the local end's bytes;
-what they type is thrown away; a viewer that stops reading slows nobody and is dropped; memory
-stays bounded with 16 stalled viewers.
-"""
+Viewers get the replay then the live output of the remote, never the local end's bytes; what
+they type is thrown away and counted; the socket's mode and its removal at exit. (Viewers that
+stop reading: faults/test_resource_limits.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`creds check`: QEMU 7.2's load-time checks, with its wording, compared with QEMU itself."""
+"""`creds check`: QEMU 7.2's load-time checks with its wording, on crafted credential dirs
+(tests/support/credcases.py); interop/test_creds_with_qemu.py holds QEMU's own verdicts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`creds init` / `creds issue` / `creds revoke`: the PKI, and QEMU 7.2 loading it for real."""
+"""`creds init` / `creds issue` / `creds revoke`: the PKI's layout, extensions, names, key types
+and CRLs (QEMU loading it: interop/test_creds_with_qemu.py)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from tests.conftest import make_pki  # noqa: E402
-from tests.sessionkit import ENV, client_context, free_port, rss_kib  # noqa: E402
+from tests.support.certs import make_pki  # noqa: E402
+from tests.support.net import client_context, free_port  # noqa: E402
+from tests.support.procs import ENV, rss_kib  # noqa: E402
 
 WARM_UP = 2000
 

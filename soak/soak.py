@@ -38,13 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import trio  # noqa: E402
-from tests.sessionkit import (  # noqa: E402
-    HOST,
-    CliBridge,
-    free_port,
-    open_pty_app,
-    rss_kib,
-)
+from tests.support.net import HOST, free_port  # noqa: E402
+from tests.support.procs import CliBridge, rss_kib  # noqa: E402
+from tests.support.streams import open_pty as open_pty_app  # noqa: E402
 
 from chardev_bridge.qemu import pki  # noqa: E402
 

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import trio  # noqa: E402
-from tests.sessionkit import HOST, CliBridge, open_pty_app, rss_kib, tcp_connect  # noqa: E402
+from tests.support.net import HOST, tcp_connect  # noqa: E402
+from tests.support.procs import CliBridge, rss_kib  # noqa: E402
+from tests.support.streams import open_pty as open_pty_app  # noqa: E402
 
 MiB = 1 << 20
 

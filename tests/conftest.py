@@ -1,57 +1,18 @@
-"""Shared fixtures: throw-away PKIs from trustme, laid out as QEMU credential directories."""
+"""Fixtures shared by every kind of test: throw-away PKIs, the bridge's log lines, PSK keys."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 
-
-@dataclass(frozen=True)
-class PKI:
-    """A CA with a server dir and a client dir in QEMU's tls-creds-x509 layout."""
-
-    ca: trustme.CA
-    server_dir: Path
-    client_dir: Path
-
-
-def write_creds_dir(
-    directory: Path, ca: trustme.CA, endpoint: str, cert: trustme.LeafCert | None
-) -> Path:
-    """Write ``ca-cert.pem`` plus ``{endpoint}-cert.pem``/``-key.pem`` into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca.cert_pem.write_to_path(str(directory / "ca-cert.pem"))
-    if cert is not None:
-        chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
-        (directory / f"{endpoint}-cert.pem").write_bytes(chain)
-        key = directory / f"{endpoint}-key.pem"
-        cert.private_key_pem.write_to_path(str(key))
-        key.chmod(0o600)
-    return directory
-
-
-def make_pki(
-    root: Path,
-    *,
-    server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
-    client_cn: str = "client.example.com",
-) -> PKI:
-    """A fresh CA, a server certificate for ``server_names`` and a client certificate."""
-    ca = trustme.CA(organization_name="chardev-bridge tests")
-    server = ca.issue_cert(*server_names, common_name="server.example.com")
-    client = ca.issue_cert(
-        "client.example.com", common_name=client_cn, organization_unit_name="clients"
-    )
-    return PKI(
-        ca=ca,
-        server_dir=write_creds_dir(root / "server", ca, "server", server),
-        client_dir=write_creds_dir(root / "client", ca, "client", client),
-    )
+from chardev_bridge.qemu import pki as pkimod
+from tests.support.bridges import LOGGER
+from tests.support.certs import PKI, make_pki
+from tests.support.psk import KEY, OTHER_KEY, require_psk_route, write_keys
 
 
 @pytest.fixture
@@ -68,6 +29,34 @@ def make_other_pki(tmp_path: Path) -> Callable[[str], PKI]:
         return make_pki(tmp_path / name)
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def creds_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `creds init` root (``ca/``, ``server/``, ``client/``) that a module's tests share and
+    do not change; the client DN is the one QEMU's documentation uses."""
+    root = tmp_path_factory.mktemp("pki") / "creds"
+    pkimod.init_pki(root, client_dn="C=GB,O=QEMU Test,CN=client.example.com")
+    return root
+
+
+@pytest.fixture
+def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """``caplog`` capturing the bridge's INFO lines and above."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    return caplog
+
+
+@pytest.fixture
+def psk_route() -> str:
+    """The PSK route of this Python; skip without one (fail under CI=true)."""
+    return require_psk_route()
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    """``keys.psk`` with the user ``qemu`` (QEMU's default) and one more."""
+    return write_keys(tmp_path / "psk", f"qemu:{KEY.hex()}\nalice:{OTHER_KEY.hex()}\n")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 import trio
 from cryptography import x509
 
-from tests.conftest import PKI, write_creds_dir
-from tests.integration.test_serve import HOST, free_port, unix_client
-from tests.procs import running_peer, wait_for_stderr
+from tests.support.certs import PKI, write_creds_dir
+from tests.support.net import HOST, free_port, unix_client
+from tests.support.procs import running_peer, wait_for_stderr
 
 
 def _client_context(pki: PKI) -> ssl.SSLContext:

@@ -19,20 +19,10 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-import chardev_bridge
-from tests.bridges import open_pty_client, read_exactly
-from tests.conftest import PKI, write_creds_dir
-from tests.procs import Peer, running_peer, sha256, wait_for_stderr
-
-SRC = str(Path(chardev_bridge.__file__).parent.parent)
-ENV = {**os.environ, "PYTHONPATH": SRC}
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+from tests.support.certs import PKI, write_creds_dir
+from tests.support.net import HOST, free_port, unix_client
+from tests.support.procs import ENV, Peer, running_peer, wait_for_stderr
+from tests.support.streams import open_pty, read_exactly, sha256
 
 
 def pair_config(tmp: Path, pki: PKI, names: list[str], *, defaults: bool = True) -> str:
@@ -55,20 +45,10 @@ async def serving(
 ) -> AsyncIterator[Peer]:
     """``chardev-bridge serve --config config``, up once it has logged ``wait``; ``env``
     are variables to set for it."""
-    variables = [f"{k}={v}" for k, v in {"PYTHONPATH": SRC, **(env or {})}.items()]
-    command = ["env", *variables, sys.executable, "-m", "chardev_bridge", "serve"]
-    async with running_peer([*command, "--config", str(config)]) as peer:
+    command = [sys.executable, "-m", "chardev_bridge", "serve", "--config", str(config)]
+    async with running_peer(command, env={**ENV, **(env or {})}) as peer:
         await wait_for_stderr(peer, wait, timeout=20)
         yield peer
-
-
-async def unix_client(path: Path, timeout: float = 10) -> trio.SocketStream:
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                return await trio.open_unix_socket(str(path))
-            except OSError:
-                await trio.sleep(0.02)
 
 
 @asynccontextmanager
@@ -76,7 +56,7 @@ async def pair_ends(
     tmp: Path, name: str
 ) -> AsyncIterator[tuple[trio.lowlevel.FdStream, trio.SocketStream]]:
     """``name``'s pty and a client of ``name-srv``'s unix socket: the two ends of a pair."""
-    async with open_pty_client(str(tmp / name)) as pty:
+    async with open_pty(str(tmp / name)) as pty:
         sock = await unix_client(tmp / f"{name}-srv.sock")
         async with sock:
             yield pty, sock
@@ -220,7 +200,7 @@ async def test_reload_keeps_unchanged_bridges_and_applies_the_rest(
         pty_before = os.readlink(tmp_path / "vm1")
         vm2_pty = os.readlink(tmp_path / "vm2")
         payload = os.urandom(4096)
-        async with open_pty_client(str(tmp_path / "vm1")) as pty:
+        async with open_pty(str(tmp_path / "vm1")) as pty:
             sock = await unix_client(tmp_path / "vm1-srv.sock")
             async with sock:
                 # vm2-srv removed, its peer vm2 changed (keeps its pty), vm3 pair added.

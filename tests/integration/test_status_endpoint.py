@@ -32,6 +32,7 @@ from chardev_bridge.serve.status import (
     serve_status,
 )
 from chardev_bridge.serve.statusmodel import BridgeStatus, ProcessStatus, status_json
+from tests.support.streams import read_to_eof
 
 HOST = "127.0.0.1"
 
@@ -140,14 +141,8 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
     stream = await trio.open_tcp_stream(HOST, port)
     async with stream:
         await stream.send_all(data)
-        return await read_to_eof(stream, timeout)
-
-
-async def read_to_eof(stream: trio.SocketStream, timeout: float = 5) -> bytes:
-    received = b""
-    with trio.fail_after(timeout):
-        while chunk := await stream.receive_some(65536):
-            received += chunk
+        received, how = await read_to_eof(stream, timeout)
+    assert how == "clean", (how, received)
     return received
 
 

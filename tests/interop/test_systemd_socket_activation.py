@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.interop
+from tests.support.net import free_port
+from tests.support.peers import require_tool
+from tests.support.procs import SRC
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+pytestmark = pytest.mark.interop
 
 # Runs as the activated service: takes the fds, echoes one line on the "console1" listener, and
 # prints what it saw for the test to check.
@@ -68,15 +68,8 @@ def connect_when_listening(port: int, proc: subprocess.Popen[str]) -> socket.soc
 
 
 def test_first_connection_reaches_the_listener_named_console1_through_trio() -> None:
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        message = "systemd-socket-activate not found (Debian package systemd)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: CI=true, so interop peers must be installed", pytrace=False)
-        pytest.skip(message)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    activate = require_tool("systemd-socket-activate")
+    port = free_port()
 
     # The activator passes its child only the variables named with -E.
     command = [
@@ -118,25 +111,13 @@ def test_first_connection_reaches_the_listener_named_console1_through_trio() -> 
     assert report["left"] == []
 
 
-def _activator() -> str:
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        message = "systemd-socket-activate not found (Debian package systemd)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: CI=true, so interop peers must be installed", pytrace=False)
-        pytest.skip(message)
-    return activate
-
-
 def _activated_bridge_carries_a_line(tmp_path: Path, bridge_args: list[str]) -> str:
     """Run ``chardev-bridge`` under the activator with the socket named ``mon`` passed;
     a client's line must reach the bridge's unix-listen local end. Returns its stderr."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     local = tmp_path / "mon.sock"
     command = [
-        _activator(),
+        require_tool("systemd-socket-activate"),
         "-l",
         f"127.0.0.1:{port}",
         "--fdname=mon",

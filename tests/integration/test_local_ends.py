@@ -442,7 +442,10 @@ async def test_unix_listen_refuses_a_socket_another_process_listens_on(tmp_path:
         with pytest.raises(OSError) as caught:
             await end.start()
         await end.aclose()
-        assert str(caught.value).endswith(f"{path}: another process is listening on this socket")
+        assert str(caught.value) == (
+            f"--local unix-listen:{path}: {path}: another process is listening on this socket;"
+            " stop it or choose another path"
+        )
         assert os.stat(path).st_ino == inode  # the live listener keeps its name ...
         with socket.socket(socket.AF_UNIX) as client:
             client.connect(path)  # ... and is still reachable

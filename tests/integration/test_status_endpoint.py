@@ -511,8 +511,8 @@ async def test_a_live_unix_socket_is_an_error_naming_the_path_and_is_left_alone(
         with pytest.raises(StartError) as caught:
             await open_status_listeners(f"unix-listen:{path}")
         assert str(caught.value) == (
-            f"status listener 'unix-listen:{path}': another process is listening on {path};"
-            " stop it or choose another path"
+            f"status listener 'unix-listen:{path}': {path}: another process is listening on"
+            " this socket; stop it or choose another path"
         )
         assert caught.value.errno == errno.EADDRINUSE
         assert stat.S_ISSOCK(os.stat(path).st_mode)
@@ -533,7 +533,7 @@ async def test_a_unix_socket_in_a_missing_folder_names_the_folder(tmp_path: Path
     with pytest.raises(StartError) as caught:
         await open_status_listeners(f"unix-listen:{path}")
     assert str(caught.value) == (
-        f"status listener 'unix-listen:{path}': cannot listen on {path}:"
+        f"status listener 'unix-listen:{path}': cannot listen there:"
         f" the folder {tmp_path / 'absent'} does not exist; create it or choose another path"
     )
 

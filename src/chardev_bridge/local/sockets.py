@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import socket
-import stat
-from pathlib import Path
 
 import trio
 
@@ -15,6 +10,7 @@ from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.net.socketstream import DirectSocketStream
+from chardev_bridge.net.unixlisten import listen_unix, remove_socket_file
 
 log = logging.getLogger("chardev_bridge")
 
@@ -143,33 +139,12 @@ class UnixListenEnd(_ListenEnd):
         self._bound_inode: int | None = None
 
     async def start(self) -> None:
-        """Bind and listen, replacing a stale socket file left by a previous run.
-
-        A socket file that another process still listens on (another bridge, QEMU) is not
-        stale: taking its name would silently cut that process off, so start-up fails.
-        """
-        try:
-            if stat.S_ISSOCK(os.stat(self.path).st_mode) and _is_stale(self.path):
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await sock.bind(self.path)
-            sock.listen(16)
-        except OSError as exc:
-            sock.close()
-            folder = os.path.dirname(os.path.abspath(self.path))
-            why = (
-                f"the folder {folder} does not exist"
-                if exc.errno == errno.ENOENT and not os.path.isdir(folder)
-                else exc.strerror or str(exc)
-            )
-            raise StartError(
-                exc.errno, f"--local unix-listen:{self.path}: cannot listen there: {why}"
-            ) from exc
-        self._bound_inode = os.stat(self.path).st_ino
-        self._listeners = [trio.SocketListener(sock)]
+        """Bind and listen, replacing a stale socket file left by a previous run (one that
+        another process still listens on, another bridge or QEMU, is an error)."""
+        listener, self._bound_inode = await listen_unix(
+            self.path, f"--local unix-listen:{self.path}"
+        )
+        self._listeners = [listener]
         log.info("listening for local clients on %s", self.describe())
 
     def describe(self) -> str:
@@ -179,57 +154,4 @@ class UnixListenEnd(_ListenEnd):
     async def aclose(self) -> None:
         """Stop listening and remove the socket file, if it is still the one we made."""
         await super().aclose()
-        try:
-            st = os.stat(self.path)
-            if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._bound_inode:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def _is_stale(path: str) -> bool:
-    """Whether nobody listens on the unix socket file ``path`` (it may be removed).
-
-    A listener bound to that path in /proc/net/unix settles it without disturbing anybody.
-    Otherwise only a refused connection proves it (a listener would see one connection
-    that closes at once). Raises :class:`OSError` when the socket is alive or its state
-    cannot be told.
-    """
-    if _listening_in_proc(path):
-        raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Non-blocking: a unix connect completes or fails at once (EAGAIN: a full backlog).
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return True
-    except BlockingIOError:
-        pass  # the listener's backlog is full: it is alive
-    except FileNotFoundError:
-        raise  # gone meanwhile: nothing to remove
-    except OSError as exc:
-        raise OSError(
-            exc.errno, f"{path}: cannot tell whether another process listens on it: {exc.strerror}"
-        ) from exc
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")
-
-
-# /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"; __SO_ACCEPTCON in Flags
-# marks a listening socket.
-_SO_ACCEPTCON = 0x10000
-
-
-def _listening_in_proc(path: str) -> bool:
-    """Whether /proc/net/unix shows a listening socket bound to ``path`` (False if unknown)."""
-    try:
-        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split(None, 7)
-        if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _SO_ACCEPTCON:
-            return True
-    return False
+        remove_socket_file(self.path, self._bound_inode)

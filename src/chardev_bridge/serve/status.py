@@ -14,8 +14,6 @@ import http
 import ipaddress
 import logging
 import os
-import socket
-import stat
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import trio
 
 from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.common.starterror import StartError, describe_listen_error
+from chardev_bridge.net.unixlisten import listen_unix, remove_socket_file
 from chardev_bridge.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chardev_bridge.serve.metrics import metrics_text
 from chardev_bridge.serve.statusmodel import ProcessStatus, status_json
@@ -191,82 +190,11 @@ async def open_status_listeners(
 
 
 async def _open_unix(spec: str, path: str, mode: int) -> trio.SocketListener:
-    _remove_stale_socket(spec, path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    bound = False
-    try:
-        await sock.bind(path)
-        bound = True
-        # Before listen(): until then every connect is refused, so the mode the umask gave
-        # the file is never usable by anybody.
-        os.chmod(path, mode)
-        sock.listen(_UNIX_BACKLOG)
-        inode = os.stat(path).st_ino
-    except OSError as exc:
-        sock.close()
-        if bound:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass  # the failure below is the one worth reporting
-        folder = os.path.dirname(os.path.abspath(path))
-        why = (
-            f"the folder {folder} does not exist; create it or choose another path"
-            if exc.errno == errno.ENOENT and not os.path.isdir(folder)
-            else exc.strerror or str(exc)
-        )
-        raise StartError(
-            exc.errno, f"status listener {spec!r}: cannot listen on {path}: {why}"
-        ) from exc
-    listener = trio.SocketListener(sock)
+    listener, inode = await listen_unix(
+        path, f"status listener {spec!r}", mode=mode, backlog=_UNIX_BACKLOG
+    )
     _unix_files[listener] = (path, inode)
     return listener
-
-
-def _remove_stale_socket(spec: str, path: str) -> None:
-    """Remove the socket file ``path`` if nothing listens on it; raise if something does.
-
-    Taking over the name of a live socket would silently cut its owner off (another
-    console server, a second copy of this one), so that is a start-up error instead.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise StartError(
-            errno.EEXIST,
-            f"status listener {spec!r}: {path} exists and is not a socket;"
-            " remove it or choose another path",
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Non-blocking: a unix connect completes or fails at once (EAGAIN: a full backlog).
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass  # removed meanwhile: the name is free either way
-        return
-    except FileNotFoundError:
-        return
-    except BlockingIOError:
-        pass  # the listener's backlog is full: it is alive
-    except OSError as exc:
-        raise StartError(
-            exc.errno,
-            f"status listener {spec!r}: cannot tell whether another process listens on"
-            f" {path}: {exc.strerror}; remove it or choose another path",
-        ) from exc
-    finally:
-        probe.close()
-    raise StartError(
-        errno.EADDRINUSE,
-        f"status listener {spec!r}: another process is listening on {path};"
-        " stop it or choose another path",
-    )
 
 
 async def serve_status(
@@ -524,12 +452,5 @@ def _peer(stream: trio.SocketStream) -> str:
 
 def _remove_socket_file(listener: trio.SocketListener) -> None:
     made = _unix_files.pop(listener, None)
-    if made is None:
-        return
-    path, inode = made
-    try:
-        st = os.stat(path)
-        if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass  # already gone: nothing to tidy
+    if made is not None:
+        remove_socket_file(*made)

@@ -13,11 +13,8 @@ far less, since every queue is a suffix of the same stream made of the same chun
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import socket
-import stat
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +24,7 @@ import trio
 
 from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.common.starterror import StartError, describe_listen_error
+from chardev_bridge.net.unixlisten import listen_unix, remove_socket_file
 from chardev_bridge.share.stats import ShareCounters
 
 log = logging.getLogger("chardev_bridge")
@@ -177,51 +175,19 @@ class ViewerHub:
         return format_hostport(host, port)
 
     async def _listen_unix(self) -> trio.SocketListener:
-        from chardev_bridge.local.sockets import _is_stale
-
         path = str(self.cfg.path)
-        option = f"--viewers unix-listen:{path}"
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode) and _is_stale(path):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StartError(exc.errno, f"{option}: {exc.strerror or exc}") from exc
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The file is born 0600 (connecting needs write permission): nobody can slip in
-        # between bind and chmod.
-        old_umask = os.umask(0o177)
-        try:
-            await sock.bind(path)
-            os.chmod(path, self.cfg.mode)
-            sock.listen(16)
-        except OSError as exc:
-            sock.close()
-            folder = os.path.dirname(os.path.abspath(path))
-            why = (
-                f"the folder {folder} does not exist"
-                if exc.errno == errno.ENOENT and not os.path.isdir(folder)
-                else exc.strerror or str(exc)
-            )
-            raise StartError(exc.errno, f"{option}: cannot listen there: {why}") from exc
-        finally:
-            os.umask(old_umask)
-        self._bound_inode = os.stat(path).st_ino
-        return trio.SocketListener(sock)
+        listener, self._bound_inode = await listen_unix(
+            path, f"--viewers unix-listen:{path}", mode=self.cfg.mode
+        )
+        return listener
 
     async def aclose(self) -> None:
         """Stop listening and remove the socket file, if it is still the one we made."""
         for listener in self._listeners:
             await listener.aclose()
         self._listeners = []
-        if self.cfg.kind == "unix-listen" and self._bound_inode is not None:
-            try:
-                st = os.stat(str(self.cfg.path))
-                if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._bound_inode:
-                    os.unlink(str(self.cfg.path))
-            except FileNotFoundError:
-                pass
+        if self.cfg.kind == "unix-listen":
+            remove_socket_file(str(self.cfg.path), self._bound_inode)
 
     async def serve(self) -> None:
         """Accept viewers until cancelled."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +69,17 @@ def pytest_runtest_makereport(
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_exception_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test in which the bridge logged an unexpected exception: every failure it
+    knows of is one line of words, so an error line with a traceback, or one that says
+    "unexpected", is a bug even when the test's own checks passed."""
+    yield
+    for record in caplog.get_records("call"):
+        if record.levelno < logging.ERROR or not record.name.startswith(LOGGER):
+            continue
+        message = record.getMessage()
+        assert record.exc_info is None, f"error logged with a traceback: {message}"
+        assert ": unexpected " not in message, f"unexpected exception logged: {message}"

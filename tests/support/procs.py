@@ -36,11 +36,20 @@ def bridge_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "chardev_bridge", *args]
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def assert_no_traceback(output: str) -> None:
+    """Fail on a Python traceback in a child's output: every failure the program knows of is
+    one line of words; a traceback means an unexpected exception."""
+    assert TRACEBACK not in output, f"unexpected traceback:\n{output}"
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m chardev_bridge ARGS`` to its end (start-up failures, one-shot commands)."""
-    return subprocess.run(
+    done = subprocess.run(
         bridge_cmd(*args),
         env=env or ENV,
         cwd=cwd,
@@ -50,6 +59,8 @@ def run_cli(
         stdin=subprocess.DEVNULL,
         check=False,
     )
+    assert_no_traceback(done.stderr)
+    return done
 
 
 def stderr_messages(stderr: str) -> list[str]:
@@ -197,6 +208,7 @@ async def cli_bridge(
         yield bridge
     finally:
         bridge.close()
+    assert_no_traceback(bridge.log())
 
 
 async def reap(proc: trio.Process) -> None:
@@ -308,6 +320,7 @@ async def running_peer(
                 for pipe in (process.stdin, process.stdout, process.stderr):
                     if pipe is not None:
                         await pipe.aclose()
+        assert_no_traceback(peer.stderr_text())
 
 
 def listening_ports(pid: int) -> list[tuple[str, int]]:

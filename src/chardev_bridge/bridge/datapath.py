@@ -167,9 +167,11 @@ class Session:
         self._end_grace: float | None = None
         # The watcher sleeps until its next deadline, or for good when it has nothing to
         # watch; a delivery (unless it already looks every second) or the remote's end
-        # wakes it. An idle session costs no wake-ups at all.
+        # wakes it. While bytes flow it looks once a second, so that a busy session pays
+        # one wake-up a second, not one per delivery; an idle one pays none.
         self._watch_poke = trio.Event()
         self._watch_each_second = False
+        self._to_local_at_last_look = 0
 
     def _end_within_grace(self, grace: float | None = None) -> None:
         grace = self.grace if grace is None else grace
@@ -340,7 +342,9 @@ class Session:
         """When the watcher must look next (infinity: nothing to watch until woken)."""
         stats, now = self.stats, trio.current_time()
         looks = [math.inf]
-        self._watch_each_second = self._delivering_since is not None or warned
+        moving = stats.to_local != self._to_local_at_last_look
+        self._to_local_at_last_look = stats.to_local
+        self._watch_each_second = moving or self._delivering_since is not None or warned
         if self._watch_each_second:
             looks.append(now + 1)
         if self.idle_timeout is not None:

@@ -29,6 +29,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_serve.py
 
 # 30 minutes of churn (not in CI): reconnects, bad connections, random payloads checked by sha256.
 soak: $(STAMP)

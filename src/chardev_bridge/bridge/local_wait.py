@@ -30,8 +30,8 @@ LOCAL_WAIT_SECONDS = 30.0
 # The longest delay between tries of a socket local end that is not there.
 _LOCAL_RETRY_MAX = 1.0
 
-# How often a remote waiting for its local end is checked for having left; the states are
-# Linux's (include/net/tcp_states.h), read from TCP_INFO.
+# How often a remote that sent bytes while waiting for its local end is checked for having
+# left; the states are Linux's (include/net/tcp_states.h), read from TCP_INFO.
 _REMOTE_WATCH_SECONDS = 1.0
 _TCP_CLOSE = 7
 _TCP_CLOSE_WAIT = 8
@@ -49,7 +49,13 @@ async def open_local_for(
 
         async def watch_remote() -> None:
             nonlocal gave_up
-            while not _peer_gone(tcp.socket):
+            while True:
+                # A FIN or a reset makes the socket readable: no polling while all is quiet.
+                await trio.lowlevel.wait_readable(tcp.socket)
+                if _peer_gone(tcp.socket):
+                    break
+                # Readable with the peer still there: bytes wait for the local end. They
+                # stay readable, so look again later instead.
                 await trio.sleep(_REMOTE_WATCH_SECONDS)
             left = await _bytes_left(remote.stream, tcp.socket)
             local = line.describe()

@@ -4,6 +4,7 @@ of what goes together. The single-bridge CLI and the config file of ``serve`` sh
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import NoReturn
 
@@ -350,8 +351,14 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
 def config_from_argv(argv: list[str], *, name: str | None = None) -> BridgeConfig:
     """The configuration the command line ``argv`` describes, without exiting: raises
     :class:`OptionError` or :class:`InvalidConfig` (every problem, one line each)."""
-    args = build_parser(raise_errors=True).parse_args(argv)
+    args = _raising_parser().parse_args(argv)
     return config_from_args(args, name=name)
+
+
+@functools.cache
+def _raising_parser() -> argparse.ArgumentParser:
+    # Built once: a config file of 500 bridges would otherwise build 500 parsers (~1 ms each).
+    return build_parser(raise_errors=True)
 
 
 def config_from_args(args: argparse.Namespace, *, name: str | None = None) -> BridgeConfig:

@@ -14,6 +14,7 @@ and the key.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import tomllib
 from collections.abc import Iterator
@@ -128,6 +129,7 @@ def _status_listen(status: dict[str, Any], path: Path, errors: list[str]) -> str
     return listen
 
 
+@functools.cache
 def _vocabulary() -> dict[str, argparse.Action]:
     """A bridge's keys: the long options, without ``--``, and what each takes."""
     keys: dict[str, argparse.Action] = {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
+from chardev_bridge.common.logcontext import bridge_name
 from chardev_bridge.qemu.policy import CredentialError
 from chardev_bridge.qemu.setup import PreparedTLS, ReloadableTLS, SetupCache
 from chardev_bridge.serve.configfile import ConfigFileError, ServeConfig, load_config
@@ -73,6 +74,8 @@ def prepare(
         if cfg.listen_fd is not None and fds is not None:
             errors += [f"{where} listen-fd: {line}" for line in _fd_problems(cfg, fds)]
         old = running.get(name)
+        # The credential checks' warnings name the bridge, as its own log lines do.
+        token = bridge_name.set(name)
         try:
             if old is not None and old.cfg == cfg:
                 renewed[name] = old.tls.prepare(cache)
@@ -80,6 +83,8 @@ def prepare(
                 tls[name] = ReloadableTLS(cfg.tls_settings, cache)
         except (CredentialError, ValueError) as exc:
             errors += [f"{where} {_tls_key(cfg)}: {line}" for line in str(exc).splitlines()]
+        finally:
+            bridge_name.reset(token)
     if errors:
         raise ConfigFileError(errors)
     return Prepared(config, tls, renewed)

@@ -215,6 +215,7 @@ async def test_reload_keeps_unchanged_bridges_and_applies_the_rest(
                 await pty.send_all(payload)
                 assert sha256(await read_exactly(sock, len(payload))) == sha256(payload)
         log = peer.stderr_text()
+        assert log.count("chardev-bridge[vm1]: connected to") == 1  # the same TCP connection
         assert os.readlink(tmp_path / "vm1") == pty_before
         assert "[vm1] settings changed" not in log and "[vm1-srv]" not in log.split("SIGHUP")[1]
         assert "[vm2-srv] removed from the config: stopping it" in log

@@ -16,7 +16,7 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig, InvalidConfig
 from chardev_bridge.bridge.counters import BridgeCounters
 from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
-from chardev_bridge.bridge.options import build_parser, config_from_args
+from chardev_bridge.bridge.options import build_parser, config_from_args, log_level
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.common.logcontext import configure_logging
 from chardev_bridge.common.starterror import StartError, describe_listen_error
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except InvalidConfig as exc:
         parser.error(str(exc))
-    configure_logging(
-        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    )
+    configure_logging(log_level(args))
     keep_read_buffers_off_mmap()
     try:
         return trio.run(_run, cfg, args.status)

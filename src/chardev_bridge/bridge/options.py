@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,7 +104,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-class _OneLineErrors(argparse.ArgumentParser):
+class OneLineErrors(argparse.ArgumentParser):
     """Says what is wrong in one line, without the 17 lines of usage around it."""
 
     def error(self, message: str) -> NoReturn:
@@ -124,7 +125,7 @@ class OptionError(ValueError):
 def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
     """The argument parser; the option spellings are a documented contract. With
     ``raise_errors`` it raises :class:`OptionError` instead of exiting."""
-    p = (_RaisingParser if raise_errors else _OneLineErrors)(
+    p = (_RaisingParser if raise_errors else OneLineErrors)(
         prog="chardev-bridge",
         usage=_USAGE,
         description=(
@@ -342,10 +343,20 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         help="serve /_status (JSON) and /metrics (Prometheus) over HTTP on tcp-listen:HOST:PORT"
         " or unix-listen:PATH (tcp:/unix: too)",
     )
-    out.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-    out.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    add_logging_arguments(out)
     out.add_argument("--version", action="version", version=f"chardev-bridge {__version__}")
     return p
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``-v``/``--verbose`` and ``-q``/``--quiet``; :func:`log_level` reads them."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The logging level ``-v``/``-q`` ask for."""
+    return logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
 
 
 def config_from_argv(argv: list[str], *, name: str | None = None) -> BridgeConfig:

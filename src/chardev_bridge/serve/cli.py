@@ -7,11 +7,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import trio
 
 from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
+from chardev_bridge.bridge.options import OneLineErrors, add_logging_arguments, log_level
 from chardev_bridge.common.logcontext import configure_logging
 from chardev_bridge.serve.configfile import ConfigFileError
 from chardev_bridge.serve.server import ConsoleServer, Prepared, prepare
@@ -26,14 +26,9 @@ from chardev_bridge.serve.systemd import (
 log = logging.getLogger("chardev_bridge")
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``serve`` subcommand's options."""
-    p = _OneLineErrors(
+    p = OneLineErrors(
         prog="chardev-bridge serve",
         description="Run every bridge of a config file in one process. SIGHUP reloads the"
         " file and every credential directory; SIGTERM/SIGINT stop every bridge gracefully.",
@@ -45,17 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the file and every credential directory it names, then exit 0 (all"
         " good) or 1 (each problem on one line); starts nothing",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    add_logging_arguments(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``chardev-bridge serve``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    configure_logging(
-        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    )
+    configure_logging(log_level(args))
     try:
         fds = {} if args.check else take_listen_fds()
         prepared = prepare(args.config, {}, fds) if not args.check else _check(args.config)

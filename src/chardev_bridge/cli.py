@@ -19,7 +19,7 @@ from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
 from chardev_bridge.bridge.options import build_parser, config_from_args, log_level
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.common.logcontext import configure_logging
-from chardev_bridge.common.starterror import StartError, describe_listen_error
+from chardev_bridge.common.starterror import StartError, describe_listen_error, exception_leaves
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu.policy import CredentialError
 from chardev_bridge.qemu.setup import ReloadableTLS
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CredentialError, OSError, ValueError, BaseExceptionGroup) as exc:
         # Start-up failures (bad credentials, priority or allow-list, port in use, no such
         # tty) get one line each, no traceback.
-        leaves = _leaves(exc)
+        leaves = exception_leaves(exc)
         if not all(isinstance(leaf, CredentialError | OSError | ValueError) for leaf in leaves):
             raise
         said = set()
@@ -222,9 +222,3 @@ def _describe_tty_error(exc: OSError, path: str) -> str:
             fix = ""
         return f"{spec}: permission denied: this user may not open {path} read-write{fix}"
     return f"{spec}: cannot open {path}: {exc.strerror or exc}"
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]

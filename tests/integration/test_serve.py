@@ -391,3 +391,24 @@ async def test_single_bridge_serves_its_status_with_the_status_option(tmp_path: 
         one = json.loads(body)["bridges"]["bridge"]
         assert one["state"] == "listening" and one["local"].startswith("pty /dev/pts/")
         assert os.stat(status).st_mode & 0o777 == 0o600
+
+
+async def test_a_status_address_in_use_is_one_line_and_exit_1(tmp_path: Path, pki: PKI) -> None:
+    config = tmp_path / "consoles.toml"
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            pair_config(tmp_path, pki, ["vm1"]) + f'[status]\nlisten = "tcp:{HOST}:{port}"\n'
+        )
+        done = await trio.run_process(
+            [sys.executable, "-m", "chardev_bridge", "serve", "--config", str(config)],
+            env=ENV,
+            capture_stderr=True,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert f"status listener 'tcp:{HOST}:{port}': cannot listen on {HOST}:{port}" in err
+    assert "Traceback" not in err

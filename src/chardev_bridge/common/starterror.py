@@ -48,3 +48,10 @@ def describe_listen_error(exc: OSError, option: str, host: str, port: int) -> st
     if exc.errno is not None and exc.errno < 0:  # getaddrinfo: the name does not resolve
         return f"{option}: cannot listen on {where}: {host!r} is not a known host name or address"
     return f"{option}: cannot listen on {where}: {exc.strerror or exc}"
+
+
+def exception_leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``, groups (trio's nurseries) flattened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in exception_leaves(sub)]
+    return [exc]

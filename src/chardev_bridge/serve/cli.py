@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import trio
 from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
 from chardev_bridge.bridge.options import OneLineErrors, add_logging_arguments, log_level
 from chardev_bridge.common.logcontext import configure_logging
+from chardev_bridge.common.starterror import exception_leaves
 from chardev_bridge.serve.configfile import ConfigFileError
 from chardev_bridge.serve.server import ConsoleServer, Prepared, prepare
 from chardev_bridge.serve.systemd import (
@@ -49,8 +51,12 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(log_level(args))
     try:
-        fds = {} if args.check else take_listen_fds()
-        prepared = prepare(args.config, {}, fds) if not args.check else _check(args.config)
+        if args.check:
+            prepared = _check(args.config)
+            log.info("%s: %d bridges, no problems", args.config, len(prepared.config.bridges))
+            return 0
+        fds = take_listen_fds()
+        prepared = prepare(args.config, {}, fds)
     except ConfigFileError as exc:
         for line in exc.lines:
             log.error("%s", line)
@@ -59,16 +65,30 @@ def main(argv: list[str]) -> int:
     except SocketActivationError as exc:
         log.error("%s", exc)
         return 1
-    if args.check:
-        log.info("%s: %d bridges, no problems", args.config, len(prepared.config.bridges))
-        return 0
+    _raise_open_files_limit()
     keep_read_buffers_off_mmap()
     server = ConsoleServer(args.config, Notifier.from_environ(), fds)
     try:
         return trio.run(_serve, server, prepared)
-    except OSError as exc:
-        log.error("%s", exc)
+    except (OSError, BaseExceptionGroup) as exc:
+        # The status endpoint's address in use, say: one line each, no traceback.
+        leaves = exception_leaves(exc)
+        if not all(isinstance(leaf, OSError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            log.error("%s", leaf)
         return 1
+
+
+def _raise_open_files_limit() -> None:
+    """Every bridge holds a few descriptors (listener, pty, sessions): hundreds of bridges
+    need more than the usual soft limit of 1024, and the hard limit is there to be used."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("open files limit stays %d: %s", soft, exc)
 
 
 def _check(path: Path) -> Prepared:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import grp
 import logging
 import os
 import signal
@@ -216,6 +215,8 @@ def _describe_tty_error(exc: OSError, path: str) -> str:
         return f"{spec}: {path} is not a terminal device (a tty){what}"
     if exc.errno in (errno.EACCES, errno.EPERM):
         try:
+            import grp  # for this message only
+
             group = grp.getgrgid(os.stat(path).st_gid).gr_name
             fix = f": add this user to group {group}, which may open it"
         except (OSError, KeyError):

@@ -15,7 +15,8 @@ import pytest
 from cryptography import x509
 
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.credcheck import check_creds, has_errors
+from chardev_bridge.qemu.credcheck import check_creds
+from chardev_bridge.qemu.credfiles import has_errors
 from chardev_bridge.tls.setup import Endpoint
 from tests.support.certs import DAY, write_dir
 from tests.support.credcases import (

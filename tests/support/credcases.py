@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.credcheck import Finding
+from chardev_bridge.qemu.credfiles import Finding
 from tests.support.certs import DAY, NOW, craft, write_dir
 
 SERVER_EKU = [ExtendedKeyUsageOID.SERVER_AUTH]

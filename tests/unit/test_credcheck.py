@@ -9,7 +9,8 @@ import pytest
 import trustme
 
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.credcheck import Finding, check_creds, guess_endpoint, has_errors
+from chardev_bridge.qemu.credcheck import check_creds
+from chardev_bridge.qemu.credfiles import Finding, guess_endpoint, has_errors
 from tests.support.certs import DAY, NOW, craft, write_dir
 from tests.support.credcases import (
     CA,

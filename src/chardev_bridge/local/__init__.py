@@ -13,15 +13,6 @@ from typing import Literal, get_args
 
 from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.local.base import LocalEnd
-from chardev_bridge.local.pty import PtyEnd
-from chardev_bridge.local.sockets import (
-    TcpConnectEnd,
-    TcpListenEnd,
-    UnixConnectEnd,
-    UnixListenEnd,
-)
-from chardev_bridge.local.stdio import StdioEnd
-from chardev_bridge.local.tty import TtyEnd
 
 __all__ = ["LocalEnd", "LocalSpec", "open_local_end", "parse_hostport", "parse_local_spec"]
 
@@ -116,22 +107,31 @@ def _path_kind_hint(path: str) -> str:
 
 
 def open_local_end(spec: LocalSpec, *, link: Path | None = None) -> LocalEnd:
-    """Make the (not yet started) local end for ``spec``."""
+    """Make the (not yet started) local end for ``spec``. Only its own kind's module is
+    imported: an idle bridge keeps in memory what it uses."""
     if link is not None and spec.kind != "pty":
         raise LocalSpecError("--link only applies to --local pty")
     match spec.kind:
         case "pty":
+            from chardev_bridge.local.pty import PtyEnd
+
             return PtyEnd(link)
         case "tty":
+            from chardev_bridge.local.tty import TtyEnd
+
             return TtyEnd(spec.path)
         case "stdio":
+            from chardev_bridge.local.stdio import StdioEnd
+
             return StdioEnd()
-        case "tcp":
-            return TcpConnectEnd(spec.host, spec.port)
-        case "tcp-listen":
-            return TcpListenEnd(spec.host, spec.port)
-        case "unix":
-            return UnixConnectEnd(spec.path)
-        case "unix-listen":
-            return UnixListenEnd(spec.path)
+        case "tcp" | "tcp-listen" | "unix" | "unix-listen":
+            from chardev_bridge.local import sockets
+
+            if spec.kind == "tcp":
+                return sockets.TcpConnectEnd(spec.host, spec.port)
+            if spec.kind == "tcp-listen":
+                return sockets.TcpListenEnd(spec.host, spec.port)
+            if spec.kind == "unix":
+                return sockets.UnixConnectEnd(spec.path)
+            return sockets.UnixListenEnd(spec.path)
     raise AssertionError(spec.kind)

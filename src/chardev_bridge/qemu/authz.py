@@ -15,7 +15,6 @@ there inline: ``-object '{"qom-type": "authz-list", "id": "auth0", "policy": "de
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -197,6 +196,8 @@ def _fail(path: str, message: str) -> AuthzFileError:
 
 
 def _enum(path: str, where: str, value: object, choices: tuple[str, ...]) -> str:
+    import json  # only an allow-list file needs it
+
     if not isinstance(value, str) or value not in choices:
         allowed = " or ".join(repr(c) for c in choices)
         return_error = f"{where} must be {allowed}, not {json.dumps(value)}"
@@ -250,6 +251,8 @@ def load_authz_file(path: str | os.PathLike[str]) -> AuthzList:
     :class:`AuthzFileError` (a ValueError) with a one-line message for anything QEMU would
     refuse. QEMU's JSON parser also takes single-quoted strings; this one does not.
     """
+    import json  # only an allow-list file needs it
+
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as f:

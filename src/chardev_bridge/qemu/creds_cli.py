@@ -10,7 +10,8 @@ from pathlib import Path
 from cryptography import x509
 
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.credcheck import check_creds, guess_endpoint, has_errors, role_mismatch
+from chardev_bridge.qemu.credcheck import check_creds
+from chardev_bridge.qemu.credfiles import guess_endpoint, has_errors, role_mismatch
 from chardev_bridge.tls.setup import Endpoint
 
 EPILOG = """\

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chardev_bridge.qemu.authz import AuthzList, qemu_dn
-from chardev_bridge.qemu.credcheck import crl_signed_by, describe_unreadable
+from chardev_bridge.qemu.credfiles import describe_unreadable
 from chardev_bridge.qemu.priority import (
     DEFAULT_PRIORITY,
     TlsPriority,
@@ -220,6 +222,20 @@ def load_crl(creds: X509Creds) -> x509.CertificateRevocationList | None:
         # QEMU loads such a CRL and it revokes nothing; `creds check` warns about it.
         return None
     return crl
+
+
+_CRL_SIGNING_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``crl`` (QEMU loads a CRL signed by another CA; it revokes nothing)."""
+    key = ca.public_key()
+    if not isinstance(key, _CRL_SIGNING_KEYS):
+        return False
+    try:
+        return crl.is_signature_valid(key)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 def check_peer(

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from chardev_bridge.qemu._isolated import in_child
+from chardev_bridge.qemu._isolated import check_creds_in_child
 from chardev_bridge.qemu.authz import AuthzList, load_authz_file
-from chardev_bridge.qemu.credcheck import check_creds, has_errors, is_init_root, role_mismatch
+from chardev_bridge.qemu.credfiles import has_errors, is_init_root, role_mismatch
 from chardev_bridge.qemu.policy import (
     CredentialError,
     TLSPolicy,
@@ -61,7 +61,7 @@ def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
     check_layout(cfg.creds, cfg)
     password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
     # In a child: the checks load cryptography's backend, which a bridge needs no more.
-    findings = in_child(check_creds, cfg.creds, cfg.endpoint, password=password)
+    findings = check_creds_in_child(cfg.creds, cfg.endpoint, password=password)
     for finding in findings:
         if finding.level == "warning":
             log.warning("%s", finding.message)

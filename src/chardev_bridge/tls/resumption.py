@@ -21,7 +21,6 @@ import ctypes
 import functools
 import ssl
 import sys
-import sysconfig
 
 # openssl/ssl.h
 _SSL_CTRL_SET_SESS_CACHE_MODE = 44
@@ -34,7 +33,8 @@ def _ssl_ctx_ctrl() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """``SSL_CTX_ctrl`` from the libssl the ``_ssl`` module uses, or None."""
     if (
         sys.implementation.name != "cpython"
-        or sysconfig.get_config_var("Py_GIL_DISABLED")
+        # A free-threaded build ("t" in its ABI flags) has another object header.
+        or "t" in getattr(sys, "abiflags", "")
         or hasattr(sys, "getobjects")  # Py_TRACE_REFS widens the object header
     ):
         return None

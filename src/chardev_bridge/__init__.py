@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from chardev_bridge._version import __version__
 
 if TYPE_CHECKING:
     from chardev_bridge.bridge.config import BridgeConfig, ConfigError, InvalidConfig

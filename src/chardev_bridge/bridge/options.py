@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import NoReturn
 
-from chardev_bridge import __version__
+from chardev_bridge._version import __version__
 from chardev_bridge.bridge.config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HOST,

@@ -61,8 +61,8 @@ IDLE_SLACK_MIB = 4  # CLARIFICATIONS.md, issue 15: one idle bridge <= the import
 # Where the bridge's replay window is defined, and its three constants: the first-byte rows'
 # target is "no added wait beyond the window", so the bench reads the window from the code it
 # measures.
-BRIDGE_MODULE = Path("chardev_bridge") / "bridge.py"
-WINDOW_CONSTANTS = ("REPLAY_WINDOW_FLOOR", "REPLAY_WINDOW_HANDSHAKES", "_QUICK_REJECT_SECONDS")
+BRIDGE_MODULE = Path("chardev_bridge") / "bridge" / "replay.py"
+WINDOW_CONSTANTS = ("REPLAY_WINDOW_FLOOR", "REPLAY_WINDOW_HANDSHAKES", "QUICK_REJECT_SECONDS")
 # The far side's headroom: which row shows it, measured with which record size. 16 KiB is what
 # every contestant sends in bulk; 4 KiB is a pty read's size, socat's record size on a pty.
 CAPACITY_RECORDS = {
@@ -362,7 +362,7 @@ def idle_memory(row: Metric, contestants: Sequence[Contestant], procs: Procs, ro
 
 
 def replay_window_constants(bridge_src: Path) -> dict[str, float]:
-    """REPLAY_WINDOW_FLOOR, REPLAY_WINDOW_HANDSHAKES and _QUICK_REJECT_SECONDS as the bridge
+    """REPLAY_WINDOW_FLOOR, REPLAY_WINDOW_HANDSHAKES and QUICK_REJECT_SECONDS as the bridge
     under test defines them ({} when they cannot all be found)."""
     try:
         text = (bridge_src / BRIDGE_MODULE).read_text()
@@ -380,7 +380,7 @@ def replay_window_slack(m: dict[str, Metric], bridge_src: Path) -> None:
     """Set the first-byte rows' slack to the replay window the bridge chose in its rounds.
 
     The window is a multiple of the bridge's handshake duration, with a floor and a cap
-    (bridge.replay_window); the handshake duration taken here is the far side's (accept to
+    (bridge.replay.replay_window); the handshake duration taken here is the far side's (accept to
     handshake done), median of the bridge's rounds: a little shorter than the bridge's own
     reading, so the slack errs on the strict side.
     """

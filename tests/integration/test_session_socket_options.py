@@ -3,12 +3,15 @@ Nagle, checked on the socket itself and, with ``ss``, on a real bridge's."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 
 import trio
 
 from chardev_bridge.bridge.remote import start_session
+from chardev_bridge.bridge.replay import PEER_UNREAD_MAX
+from chardev_bridge.net.tcp import bytes_acknowledged
 from tests.support.certs import PKI
 from tests.support.net import (
     HOST,
@@ -70,3 +73,29 @@ async def test_every_session_socket_gets_keepalive_60_10_6_and_no_nagle() -> Non
                     "TCP_KEEPCNT": 6,
                     "TCP_NODELAY": 1,
                 }
+
+
+async def test_bytes_acknowledged_counts_what_the_peer_took_and_stops_where_it_stops_reading() -> (
+    None
+):
+    with socket.create_server((HOST, 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    with a, b:
+        a.sendall(b"y" * 100_000)
+        got = 0
+        while got < 100_000:
+            got += len(b.recv(65536))
+        assert bytes_acknowledged(a) == 100_000 + 1  # the SYN counts as one
+        # Nobody reads now: the peer's kernel takes what its receive buffer holds, no more.
+        a.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 64 << 20:
+                sent += a.send(b"z" * 65536)
+        await trio.sleep(0.1)
+        acknowledged = bytes_acknowledged(a)
+        assert acknowledged is not None
+        unread = acknowledged - 100_001
+        assert 0 < unread < sent and unread < PEER_UNREAD_MAX / 8, (unread, sent)
+    assert bytes_acknowledged(a) is None  # closed: the kernel says nothing

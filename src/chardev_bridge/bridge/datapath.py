@@ -8,9 +8,10 @@ Read this top to bottom; it is the whole of how bytes move.
   has taken it. If the session dies first, a persistent local end (pty, tty) hands it to the
   next session instead of losing it (the piece being sent when it died, at most
   ``CARRY_PIECE``, may then arrive twice: TCP cannot say how much of it the dead peer got).
-  Bytes a remote may have thrown away unread (sent in a ``replay_window`` while it said
-  nothing) are kept in :attr:`Session.unconfirmed`, so that the bridge can give them to the
-  next session when it judges the remote rejected us.
+  Bytes a remote may have thrown away unread (sent while it said nothing, until
+  :mod:`chardev_bridge.bridge.replay`'s rules say it took the session) are kept in
+  :attr:`Session.unconfirmed`, so that the bridge can give them to the next session when it
+  judges the remote rejected us.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
   delivered; then a socket local end gets ``send_eof`` and may still answer (the session ends
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chardev_bridge.bridge.replay import ReplayStep, next_step
 from chardev_bridge.bridge.verdict import Failure, Side, failure_from, first_or_telling
 
 log = logging.getLogger("chardev_bridge")
@@ -41,10 +43,6 @@ CHUNK = 256 * 1024
 
 # Bytes handed to the remote per send, and so the most a cut session can leave half-sent.
 CARRY_PIECE = 128 * 1024
-
-# The most :attr:`Session.unconfirmed` keeps; past it, sending waits for the remote to speak
-# or for the replay window to close.
-UNCONFIRMED_MAX = 256 * 1024
 
 # A local end that takes no bytes for this long is reported: the remote is being stalled.
 UNREAD_WARNING_SECONDS = 10.0
@@ -139,6 +137,7 @@ class Session:
         tap_to_local: Tap | None = None,
         grace: float = 5.0,
         replay_window: float = 0.0,
+        acknowledged: Callable[[], int | None] | None = None,
     ) -> None:
         self.local = local
         self.remote = remote
@@ -153,10 +152,12 @@ class Session:
         self._up_scope = trio.CancelScope()
         self._delivering_since: float | None = None
         self.grace = grace
-        # Bytes sent in the first ``replay_window`` seconds while the remote has sent
-        # nothing: a remote that then closes may have thrown them away unread (a TLS 1.3
-        # server rejecting our certificate after the handshake). The bridge decides.
+        # Bytes sent while the remote has not shown that it took the session: a remote that
+        # then closes may have thrown them away unread (a TLS 1.3 server rejecting our
+        # certificate after the handshake). The bridge decides.
         self.unconfirmed = bytearray()
+        # What the remote's TCP has acknowledged in all, the sign that it reads (None: unknown).
+        self._acknowledged = acknowledged
         self._replay_until: float | None = None
         self._remote_spoke = trio.Event()
         self.replay_window = replay_window
@@ -215,22 +216,22 @@ class Session:
             outer.cancel_scope.cancel()
         return self.stats
 
-    async def _room_to_replay(self, size: int) -> None:
-        """Past :data:`UNCONFIRMED_MAX` unconfirmed bytes, wait until the remote speaks or
-        the replay window closes: keeping more would cost memory, forgetting would lose."""
-        if self._replay_until is None or len(self.unconfirmed) + size <= UNCONFIRMED_MAX:
-            return
-        with trio.move_on_at(self._replay_until):
-            await self._remote_spoke.wait()
-        # A remote that ended meanwhile cancelled this pump (its bytes stay unconfirmed).
-        self._confirmed()
-
-    def _keep_unconfirmed(self, piece: memoryview) -> None:
-        if self._replay_until is None:
-            return
-        if trio.current_time() <= self._replay_until:
-            self.unconfirmed += piece
-        else:
+    async def _before_replayable_send(self, size: int, until: float) -> None:
+        """Apply the replay rules before sending ``size`` more bytes to a remote that has
+        said nothing: keep copying, forget the copy, or wait for room to keep more."""
+        acknowledged = self._acknowledged() if self._acknowledged is not None else None
+        step = next_step(
+            kept=len(self.unconfirmed),
+            piece=size,
+            acknowledged=acknowledged,
+            window_left=until - trio.current_time(),
+        )
+        if step is ReplayStep.WAIT:
+            with trio.move_on_at(until):
+                await self._remote_spoke.wait()
+            # A remote that ended meanwhile cancelled this pump (its bytes stay unconfirmed).
+            step = ReplayStep.CONFIRMED
+        if step is ReplayStep.CONFIRMED:
             self._confirmed()
 
     def _confirmed(self) -> None:
@@ -273,7 +274,7 @@ class Session:
         # session may get again (part of it may have been sent).
         piece = carry.pending[:CARRY_PIECE]
         if self._replay_until is not None:
-            await self._room_to_replay(len(piece))
+            await self._before_replayable_send(len(piece), self._replay_until)
         try:
             await self.remote.send_all(piece)
         except STREAM_ERRORS as exc:
@@ -281,7 +282,8 @@ class Session:
             return False
         self.stats.to_remote += len(piece)
         self.stats.last_activity = trio.current_time()
-        self._keep_unconfirmed(piece)
+        if self._replay_until is not None:
+            self.unconfirmed += piece
         carry.pending = carry.pending[len(piece) :]
         return True
 

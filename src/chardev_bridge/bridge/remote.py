@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import trio
 
 from chardev_bridge.net.socketstream import AnySocketStream
-from chardev_bridge.net.tcp import peer_name, tune_socket
+from chardev_bridge.net.tcp import bytes_acknowledged, peer_name, tune_socket
 from chardev_bridge.tls.setup import PeerCert, PeerRejected, TLSSetup
 from chardev_bridge.tls.stream import TLSHandshakeError, TLSSessionInfo, TLSStream
 
@@ -24,6 +24,8 @@ class RemoteSession:
     handshake_seconds: float = 0.0
     # What the server's silent close right after the handshake would mean (TLSSetup's).
     silent_rejection: str | None = None
+    # The TCP connection under ``stream``, for what the kernel knows of it.
+    tcp: AnySocketStream | None = None
 
     def describe(self) -> str:
         """``TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=...`` or ``plain TCP``."""
@@ -43,6 +45,10 @@ class RemoteSession:
             and self.tls.version == "TLSv1.3"
         )
 
+    def bytes_acknowledged(self) -> int | None:
+        """Bytes the peer's TCP has acknowledged on this connection, handshake included."""
+        return None if self.tcp is None else bytes_acknowledged(self.tcp.socket)
+
     @property
     def ragged_eof(self) -> bool:
         """Whether the peer closed TCP without a TLS close_notify."""
@@ -61,7 +67,7 @@ async def start_session(
     tune_socket(tcp)
     peer = peer_name(tcp)
     if tls is None:
-        return RemoteSession(tcp, peer)
+        return RemoteSession(tcp, peer, tcp=tcp)
     stream = TLSStream(
         tcp,
         tls.context,
@@ -79,7 +85,7 @@ async def start_session(
         raise
     took = trio.current_time() - began
     if tls.check_peer is None:
-        return RemoteSession(stream, peer, info, handshake_seconds=took)
+        return RemoteSession(stream, peer, info, handshake_seconds=took, tcp=tcp)
     try:
         cert = tls.check_peer(info)
     except PeerRejected:
@@ -87,5 +93,11 @@ async def start_session(
         await trio.aclose_forcefully(stream)
         raise
     return RemoteSession(
-        stream, peer, info, cert, handshake_seconds=took, silent_rejection=tls.silent_rejection
+        stream,
+        peer,
+        info,
+        cert,
+        handshake_seconds=took,
+        silent_rejection=tls.silent_rejection,
+        tcp=tcp,
     )

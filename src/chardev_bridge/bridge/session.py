@@ -17,6 +17,7 @@ from chardev_bridge.bridge.counters import BridgeCounters
 from chardev_bridge.bridge.datapath import Carry, Session, SessionStats
 from chardev_bridge.bridge.line import LocalLine
 from chardev_bridge.bridge.remote import RemoteSession
+from chardev_bridge.bridge.replay import QUICK_REJECT_SECONDS, replay_window
 from chardev_bridge.bridge.slots import ActiveSession, SessionSlots
 from chardev_bridge.bridge.verdict import EndFacts, Failure, Loudness, Verdict, judge_end
 from chardev_bridge.common.backoff import RepeatFilter
@@ -24,29 +25,8 @@ from chardev_bridge.tls.errors import describe_plain_rejection
 
 log = logging.getLogger("chardev_bridge")
 
-# A TLS server that ends the connection within this time of the handshake, having sent nothing
-# but perhaps an alert, rejected our certificate after the handshake (TLS 1.3 lets a client
-# finish its handshake before the server has checked the certificate).
-QUICK_REJECT_SECONDS = 2.0
-
-# How long what we send a TLS 1.3 server that has said nothing yet is kept for a replay. A
-# rejection travels the path of the handshake's last flight: our Finished to the server, its
-# certificate checks, its close back. Measured on loopback: QEMU 7.2 (tls-authz) closed
-# 0.07-6.6 ms after our handshake completed, an OpenSSL server 0.5-7.5 ms, for handshakes of
-# 2-15 ms. So a few handshake durations are enough; the floor absorbs a busy host's scheduling.
-REPLAY_WINDOW_FLOOR = 0.2
-REPLAY_WINDOW_HANDSHAKES = 4
-
 # A session that lasted this long resets the reconnect backoff and the repeat count.
 STABLE_SESSION_SECONDS = 10.0
-
-
-def replay_window(handshake_seconds: float) -> float:
-    """Seconds after a TLS 1.3 client handshake in which a server's silent close means it
-    rejected us (and threw away unread what we sent): a few handshake durations, at least
-    :data:`REPLAY_WINDOW_FLOOR`, at most :data:`QUICK_REJECT_SECONDS`."""
-    window = max(REPLAY_WINDOW_FLOOR, REPLAY_WINDOW_HANDSHAKES * handshake_seconds)
-    return min(window, QUICK_REJECT_SECONDS)
 
 
 class SessionRunner:
@@ -103,6 +83,7 @@ class SessionRunner:
             tap_to_local=line.taps.to_local if line.taps else None,
             grace=self.grace,
             replay_window=window,
+            acknowledged=remote.bytes_acknowledged,
         )
         active.session = session
         self._began(remote, session.stats)
@@ -186,10 +167,11 @@ class SessionRunner:
         line = self.line
         if verdict.rejected and line.persistent:
             if session.unconfirmed:
-                # The server threw them away unread: the next session sends them again.
+                # The server threw them away unread: the next session sends them again. All
+                # the session sent is here: nothing is kept once the server took the session.
                 replay = bytes(session.unconfirmed) + bytes(line.carry.pending)
                 line.carry.pending = memoryview(replay)
-            if lasted > session.replay_window and stats.to_remote:
+            elif lasted > session.replay_window and stats.to_remote:
                 log.warning(
                     "the server ended the session %.2fs after the handshake, after the replay"
                     " window (%.2fs): what it had not read of the %d bytes sent is lost",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import struct
+
+import trio
 
 from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.net.socketstream import AnySocketStream
@@ -30,3 +33,20 @@ def tune_socket(stream: AnySocketStream) -> None:
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a __u64 at this offset since Linux 4.1.
+_TCPI_BYTES_ACKED = 120
+
+
+def bytes_acknowledged(sock: socket.socket | trio.socket.SocketType) -> int | None:
+    """Bytes the peer's TCP has acknowledged on this connection in all, or None where the
+    kernel does not say (closed socket, an older kernel)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    acked: int = struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0]
+    return acked

@@ -5,6 +5,8 @@ The recommended way to reach a restartable QEMU is a unix socket chardev
 the VM's identity, unlike a ``-chardev pty`` whose number changes with every start and is then
 reused by unrelated terminals. A QEMU TLS server killed mid-session and started again on the
 same port gets the same pty back, and every byte written after the reconnection arrives.
+What a QEMU that rejected our certificate (tls-authz) threw away unread reaches the QEMU that
+accepts us next, once and in order.
 """
 
 from __future__ import annotations
@@ -146,3 +148,45 @@ async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again
             qemu.close()
     assert bridge.count(r"connected to 127\.0\.0\.1:\d+: TLSv1\.3") == 2
     assert not link.exists()
+
+
+async def test_what_a_rejecting_qemu_threw_away_reaches_the_next_qemu_once_and_in_order(
+    tmp_path: Path,
+) -> None:
+    require_qemu()
+    creds = pki.init_pki(tmp_path / "pki")
+    port = free_port()
+
+    def qemu_args(allowed: str | None) -> list[str]:
+        spec = f"socket,id=mon0,host={HOST},port={port},server=on,wait=off,tls-creds=tls0"
+        authz = []
+        if allowed is not None:
+            spec += ",tls-authz=auth0"
+            authz = ["-object", f"authz-simple,id=auth0,identity={allowed}"]
+        return [
+            *tls_creds_args("tls0", str(creds.server_dir), "server"),
+            *authz,
+            *["-chardev", spec, "-mon", "chardev=mon0,mode=control"],
+        ]
+
+    args = ["--host", HOST, "--port", str(port), "--tls-creds", str(creds.client_dir)]
+    args += ["--reconnect", "0.2", "--reconnect-max", "0.5", "--when-disconnected", "block"]
+    count = 15_000  # about 600 KB: more than the first QEMU's kernel takes unread
+    typed = b'{"execute":"qmp_capabilities"}\r\n'
+    typed += b"".join(b'{"execute":"query-status","id":%d}\r\n' % i for i in range(count))
+    # Only a session that sent something before the close tests the replay.
+    rejected = r"[1-9]\d* bytes sent, 0 bytes received; .*probably rejected our client certificate"
+    with trio.fail_after(90):
+        async with cli_bridge(args, name="bridge") as bridge, trio.open_nursery() as nursery:
+            app = open_pty(await bridge.pty_path())
+            # Typed while no QEMU listens; the bridge pours it into the first session at once.
+            nursery.start_soon(app.send_all, typed)
+            with Qemu(qemu_args("CN=someone-else.example.com")):
+                await bridge.wait_for(rejected, timeout=40)
+            with Qemu(qemu_args(None)):
+                answers = await read_until(app, b'"id": %d}\r\n' % (count - 1), timeout=60)
+            await app.aclose()
+    assert answers.startswith(b'{"QMP"') and answers.count(b'{"QMP"') == 1
+    ids = [int(m) for m in re.findall(rb'"id": (\d+)}', answers)]
+    assert ids == list(range(count)), (len(ids), ids[:5], ids[-5:])
+    assert answers.count(b'{"return": {}}') == 1  # qmp_capabilities, once

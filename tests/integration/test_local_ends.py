@@ -129,6 +129,39 @@ async def test_pty_counts_bytes_written_as_a_reader_drains_them(pty_end: PtyEnd)
     assert any(0 < n < len(payload) for n in progress)
 
 
+async def test_pty_hands_over_a_streaming_writer_exactly_and_a_keystroke_at_once(
+    pty_end: PtyEnd,
+) -> None:
+    # The writer is another thread, as an application is another process: it refills the pty
+    # while receive_some is taking what is there, which is where reads are batched.
+    payload = os.urandom(4 * MiB)
+    fd = os.open(pty_end.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+
+        def write_all() -> None:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view[: 64 << 10]) :]
+
+        got = bytearray()
+        # A writer blocked on a pty nobody reads any more must not hold the test up.
+        writer = partial(trio.to_thread.run_sync, write_all, abandon_on_cancel=True)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                while len(got) < len(payload):
+                    chunk = await pty_end.receive_some(100_000)
+                    assert 0 < len(chunk) <= 100_000
+                    got += chunk
+        assert sha256(got) == sha256(payload)
+        # After a stream, a lone byte still comes back from the first read, on its own.
+        os.write(fd, b"k")
+        with trio.fail_after(1):
+            assert await pty_end.receive_some(100_000) == b"k"
+    finally:
+        os.close(fd)
+
+
 async def test_pty_writes_block_instead_of_dropping_when_unread(pty_end: PtyEnd) -> None:
     sent = 0
     with trio.move_on_after(1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -23,6 +24,11 @@ DRAIN_SECONDS = 5.0
 _FLIP_SECONDS = 0.05
 # ... giving up sooner when nothing was read for this long (nobody has the pty open).
 _DRAIN_STALL_SECONDS = 0.5
+# A read that returns this much found the line discipline (4 KiB) about full: a writer is
+# streaming, and its next bytes are already on their way (see PtyEnd._await_stream).
+_STREAMING_READ = 2048
+# How long to watch for them before reading anyway.
+_STREAM_SPIN_SECONDS = 100e-6
 
 
 class PtyEnd(LocalEnd, trio.abc.Stream):
@@ -99,11 +105,14 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
             self._keep_raw()
             return data
         # The line discipline hands over at most ~4 KiB per read; a writer on the other core
-        # has often refilled it already. Take what is there now (no waiting, so no added
-        # latency) to send fewer, larger TLS records.
+        # has often refilled it already. Take what is there now to send fewer, larger TLS
+        # records; wait (briefly) for more only while a writer is streaming, so that a
+        # keystroke goes out at once.
         parts = [data]
         size = len(data)
         while size < max_bytes:
+            if len(parts[-1]) >= _STREAMING_READ:
+                self._await_stream()
             try:
                 more = os.read(self._master, max_bytes - size)
             except (BlockingIOError, OSError):
@@ -114,6 +123,21 @@ class PtyEnd(LocalEnd, trio.abc.Stream):
             size += len(more)
         self._keep_raw()
         return b"".join(parts) if len(parts) > 1 else data
+
+    def _await_stream(self) -> None:
+        """Wait, awake, up to :data:`_STREAM_SPIN_SECONDS` for the line discipline to hold bytes.
+
+        A read that finds it empty sleeps in the kernel until the tty worker has moved the
+        next ~4 KiB over from the flip buffer, so a streaming writer costs a sleep and a
+        wake-up per 4 KiB; on an otherwise idle machine (a VM above all) the CPU halts in
+        each of them and waking it takes longer than the worker's work. FIONREAD does not
+        wait, so watching it keeps this CPU awake for the few microseconds that takes;
+        sched_yield lets the worker run first should it be queued on this very CPU. Only
+        after a read that found the line discipline about full: a keystroke never waits here.
+        """
+        deadline = time.perf_counter() + _STREAM_SPIN_SECONDS
+        while unread_bytes(self._master) == 0 and time.perf_counter() < deadline:
+            os.sched_yield()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Deliver bytes to the application; blocks while nobody reads and the pty is full."""

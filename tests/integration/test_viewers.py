@@ -20,7 +20,7 @@ import trio
 
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.local import LocalSpec
-from chardev_bridge.share.viewers import ViewersConfig
+from chardev_bridge.share.config import ViewersConfig
 from tests.support.bridges import attach_viewer, running_bridge
 from tests.support.net import HOST, free_port, tcp_connect
 from tests.support.procs import ENV, bridge_cmd, cli_bridge, run_cli

@@ -11,8 +11,7 @@ from chardev_bridge.common.configerror import ConfigError, InvalidConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.holding import check_hold_max, hold_limit
 from chardev_bridge.qemu.setup import TLSSettings
-from chardev_bridge.share.consolelog import TrafficLogConfig
-from chardev_bridge.share.viewers import ViewersConfig
+from chardev_bridge.share.config import TrafficLogConfig, ViewersConfig
 from chardev_bridge.tls.setup import Endpoint
 
 __all__ = ["BridgeConfig", "ConfigError", "InvalidConfig", "TrafficLogConfig"]

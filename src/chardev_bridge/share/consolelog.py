@@ -19,10 +19,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
+from chardev_bridge.share.config import TrafficLogConfig
 from chardev_bridge.share.stats import ShareCounters
 
 log = logging.getLogger("chardev_bridge")
@@ -106,23 +106,6 @@ def _split_lines(data: bytes) -> list[bytes]:
     if start < len(data):
         pieces.append(data[start:])
     return pieces
-
-
-@dataclass(frozen=True)
-class TrafficLogConfig:
-    """QEMU's ``logfile``/``logappend``, plus direction and format choices for debugging."""
-
-    path: Path
-    append: bool = False
-    # "to-remote": what the bridge sends to the remote (QEMU's meaning); "from-remote": what
-    # the remote sent (a VM's console output); "both": both ways.
-    direction: Literal["to-remote", "from-remote", "both"] = "to-remote"
-    # "raw": the bytes as they are; "hex": timestamped hex dump lines; "lines": one
-    # timestamped, escaped log line per console line.
-    format: Literal["raw", "hex", "lines"] = "raw"
-    # Rotate FILE -> FILE.1 ... FILE.<backups> before it would grow past this (None: never).
-    max_bytes: int | None = None
-    backups: int = 5
 
 
 class _Partial:

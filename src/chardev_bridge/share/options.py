@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from chardev_bridge.common.configerror import ConfigError
-from chardev_bridge.share.viewers import (
+from chardev_bridge.share.config import (
     DEFAULT_MAX_VIEWERS,
     DEFAULT_REPLAY,
     DEFAULT_VIEWERS_MODE,

@@ -12,12 +12,16 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
-from chardev_bridge.share.consolelog import ConsoleLog, TrafficLogConfig, reopen_all
+from chardev_bridge.share.config import TrafficLogConfig, ViewersConfig
 from chardev_bridge.share.stats import ShareCounters
-from chardev_bridge.share.viewers import ViewerHub, ViewersConfig
+
+if TYPE_CHECKING:
+    from chardev_bridge.share.consolelog import ConsoleLog
+    from chardev_bridge.share.viewers import ViewerHub
 
 log = logging.getLogger("chardev_bridge")
 
@@ -55,6 +59,8 @@ async def _reopen_logs_on_sigusr1() -> None:
     """SIGUSR1 reopens every log file by its name (an external logrotate moved it away)."""
     if threading.current_thread() is not threading.main_thread():
         return  # signals reach the main thread only; an embedder handles them itself
+    from chardev_bridge.share.consolelog import reopen_all
+
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async for _ in signals:
             log.info("SIGUSR1: reopening %d log file(s)", reopen_all())
@@ -67,8 +73,17 @@ async def open_sharing(
     counters: ShareCounters,
 ) -> AsyncIterator[Taps | None]:
     """Open the console log and the viewer socket (either may be absent)."""
-    console_log = ConsoleLog(traffic_log, counters) if traffic_log else None
-    viewers = ViewerHub(viewers_cfg, counters) if viewers_cfg else None
+    # Imported only when configured: a bridge that shares nothing never loads them.
+    console_log: ConsoleLog | None = None
+    viewers: ViewerHub | None = None
+    if traffic_log is not None:
+        from chardev_bridge.share.consolelog import ConsoleLog
+
+        console_log = ConsoleLog(traffic_log, counters)
+    if viewers_cfg is not None:
+        from chardev_bridge.share.viewers import ViewerHub
+
+        viewers = ViewerHub(viewers_cfg, counters)
     try:
         if viewers is not None:
             await viewers.start()

@@ -18,22 +18,17 @@ import socket
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import trio
 
 from chardev_bridge.common.hostport import format_hostport
 from chardev_bridge.common.starterror import StartError, describe_listen_error
 from chardev_bridge.net.unixlisten import listen_unix, remove_socket_file
+from chardev_bridge.share.config import ViewersConfig
 from chardev_bridge.share.stats import ShareCounters
 
 log = logging.getLogger("chardev_bridge")
 
-DEFAULT_MAX_VIEWERS = 16
-DEFAULT_REPLAY = 16 * 1024
-DEFAULT_VIEWERS_MODE = 0o600
-#: How far behind a viewer may fall before it is disconnected.
-VIEWER_QUEUE_MAX = 1 << 20
 #: A viewer's writes are read in pieces of this size and thrown away.
 _DISCARD_CHUNK = 64 * 1024
 #: Queued chunks smaller than this are joined into one send.
@@ -41,44 +36,6 @@ _JOIN_BELOW = 64 * 1024
 # Chunks smaller than this are gathered into one per viewer: a console echoing keystrokes to
 # a stalled viewer must cost its bound in bytes, not a Python object per byte.
 _GATHER_BELOW = 4096
-#: Loopback: viewers are local people unless the spec names another address.
-DEFAULT_VIEWERS_HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class ViewersConfig:
-    """Where viewers attach and how many bytes they get; see ``--viewers`` in ``--help``."""
-
-    kind: Literal["unix-listen", "tcp-listen"]
-    path: str | None = None
-    host: str = DEFAULT_VIEWERS_HOST
-    port: int = 0
-    max_viewers: int = DEFAULT_MAX_VIEWERS
-    # The unix socket file's mode: who may connect (write permission) may watch.
-    mode: int = DEFAULT_VIEWERS_MODE
-    replay: int = DEFAULT_REPLAY
-    queue_max: int = VIEWER_QUEUE_MAX
-
-    def describe(self) -> str:
-        """``unix-listen PATH`` or ``tcp-listen HOST:PORT``."""
-        if self.kind == "unix-listen":
-            return f"unix-listen {self.path}"
-        return f"tcp-listen {format_hostport(self.host, self.port)}"
-
-
-def parse_viewers_spec(text: str) -> ViewersConfig:
-    """``unix-listen:PATH``, ``tcp-listen:HOST:PORT`` or ``tcp-listen:PORT`` (loopback)."""
-    from chardev_bridge.local import parse_hostport
-
-    kind, _, arg = text.partition(":")
-    if kind == "unix-listen" and arg:
-        return ViewersConfig("unix-listen", path=arg)
-    if kind == "tcp-listen" and arg:
-        if arg.isascii() and arg.isdigit():
-            arg = f"{DEFAULT_VIEWERS_HOST}:{arg}"
-        host, port = parse_hostport(arg)
-        return ViewersConfig("tcp-listen", host=host, port=port)
-    raise ValueError(f"{text!r}: expected unix-listen:PATH or tcp-listen:[HOST:]PORT")
 
 
 @dataclass(eq=False)

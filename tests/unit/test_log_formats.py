@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from chardev_bridge.bridge.config import TrafficLogConfig
-from chardev_bridge.share.consolelog import ConsoleLog, escape_line, hex_lines
+from chardev_bridge.share.consolelog import ConsoleLog
+from chardev_bridge.share.logformat import (
+    PARTIAL_LINE_SECONDS,
+    LogFormatter,
+    escape_line,
+    hex_lines,
+)
 from tests.support.bridges import CONSOLE_LINE
 
 
@@ -39,6 +45,20 @@ def test_lines_join_pieces_of_a_line_under_its_first_stamp_even_mid_character(
     ]
     first, second = (dt.datetime.fromisoformat(m[1]) for m in found[:2] if m)
     assert (second - first).total_seconds() >= 0.15  # "Grüße" keeps the time it began
+
+
+def test_a_line_without_its_newline_waits_until_it_is_stale_then_keeps_its_first_stamp() -> None:
+    formatter = LogFormatter(TrafficLogConfig(Path("unused"), direction="both", format="lines"))
+    began = 1_700_000_000.0
+    assert formatter.records("<", b"login: ", began) == []
+    assert formatter.next_partial_deadline(began) == PARTIAL_LINE_SECONDS
+    assert formatter.stale_records(began + 0.5, everything=False) == []
+    assert formatter.records(">", b"root\r\n", began + 0.6) == [
+        b"2023-11-14T22:13:20.600+00:00 > root\n"
+    ]
+    stale = formatter.stale_records(began + PARTIAL_LINE_SECONDS, everything=False)
+    assert stale == [b"2023-11-14T22:13:20.000+00:00 < login: \n"]
+    assert formatter.next_partial_deadline(began + 2) is None
 
 
 def test_hex_lines_format() -> None:

@@ -10,10 +10,8 @@ when the loss starts and once when the log is written again.
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from chardev_bridge.share.config import TrafficLogConfig
+from chardev_bridge.share.logformat import LogFormatter
 from chardev_bridge.share.stats import ShareCounters
 
 log = logging.getLogger("chardev_bridge")
@@ -39,49 +38,8 @@ FORMAT_SLICE = 64 * 1024
 _REST_RATIO = 3.0
 _REST_ABOVE = 0.0005
 
-#: A console line with no newline yet is written once no byte came for this long.
-PARTIAL_LINE_SECONDS = 1.0
-
-#: A console line longer than this is written in pieces (a binary flood has no newlines, and
-#: the piece waiting for its newline must stay bounded).
-LINE_MAX = 8192
-
 # Every open log, for SIGUSR1 (one signal reopens them all, as nginx and stunnel do).
 _open_logs: weakref.WeakSet[ConsoleLog] = weakref.WeakSet()
-
-# Bytes 0x20-0x7e as themselves, the rest as "." (the hex dump's text column).
-_PRINTABLE = bytes(b if 32 <= b < 127 else ord(".") for b in range(256))
-
-# Control characters other than tab as visible escapes, so that a log line is one line and
-# a terminal showing the log does not obey them; C1 controls (U+0080-U+009F) too. Regular
-# expressions find them: a console's text has few, and scanning for them runs in C.
-_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_CONTROLS_BUT_NEWLINE = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
-_C1_CONTROLS = re.compile("[\x80-\x9f]")
-_BYTE_ESCAPES = {bytes([c]): b"\\x%02x" % c for c in [*range(0x20), 0x7F]}
-
-
-def hex_lines(direction: str, data: bytes | bytearray, when: dt.datetime) -> bytes:
-    """Timestamped hex-dump lines: ``TIME > 0000  48 65 6c 6c 6f        |Hello|``."""
-    stamp = when.isoformat(timespec="microseconds")
-    lines = []
-    for offset in range(0, len(data), 16):
-        row = bytes(data[offset : offset + 16])
-        text = row.translate(_PRINTABLE).decode("ascii")
-        lines.append(f"{stamp} {direction} {offset:04x}  {row.hex(' '):<47}  |{text}|\n")
-    return "".join(lines).encode()
-
-
-def escape_line(raw: bytes, *, keep_newlines: bool = False) -> str:
-    """Console text made readable: UTF-8 kept, invalid bytes and control characters (but
-    tab, and newlines if ``keep_newlines``) as ``\\xNN``, C1 controls as ``\\u00NN``."""
-    controls = _CONTROLS_BUT_NEWLINE if keep_newlines else _CONTROLS
-    if controls.search(raw):
-        raw = controls.sub(lambda m: _BYTE_ESCAPES[m[0]], raw)
-    text = raw.decode("utf-8", "backslashreplace")
-    if _C1_CONTROLS.search(text):
-        text = _C1_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
-    return text
 
 
 def reopen_all() -> int:
@@ -91,30 +49,6 @@ def reopen_all() -> int:
     for console_log in logs:
         console_log.reopen()
     return len(logs)
-
-
-def _stamp(when: float) -> str:
-    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _split_lines(data: bytes) -> list[bytes]:
-    """``data`` cut after each newline (the last piece may have none)."""
-    pieces, start = [], 0
-    while (end := data.find(b"\n", start) + 1) > 0:
-        pieces.append(data[start:end])
-        start = end
-    if start < len(data):
-        pieces.append(data[start:])
-    return pieces
-
-
-class _Partial:
-    """A console line still waiting for its newline, in one direction."""
-
-    def __init__(self, began: float) -> None:
-        self.began = began
-        self.last = began
-        self.data = bytearray()
 
 
 class ConsoleLog:
@@ -142,7 +76,7 @@ class ConsoleLog:
         self._closing = False
         self._writing = False
         # The worker's own.
-        self._partials: dict[str, _Partial] = {}
+        self._formatter = LogFormatter(cfg)
         self._failing = False
         self._rotation_failing = False
         self._last_write_ok = False
@@ -175,7 +109,7 @@ class ConsoleLog:
                 return
             if self._queued + size > QUEUE_MAX:
                 # The worker is behind (a slow disk): this chunk is lost to the log only.
-                self._dropped_lines += self._line_count(data)
+                self._dropped_lines += self._formatter.line_count(data)
                 self._dropped_bytes += size
                 return
             self._items.append((direction, bytes(data), time.time()))
@@ -212,7 +146,7 @@ class ConsoleLog:
         while True:
             with self._cond:
                 while not (self._items or self._closing or self._reopen_wanted):
-                    wait = self._next_partial_deadline()
+                    wait = self._formatter.next_partial_deadline(time.time())
                     if wait is not None and wait <= 0:
                         break
                     self._cond.wait(wait)
@@ -263,88 +197,19 @@ class ConsoleLog:
             log.exception("traffic log %s: the writer failed", self.cfg.path)
 
     def _write_stale_partials(self, everything: bool) -> None:
-        self._write(self._stale_partials(time.time(), everything=everything))
+        self._write(self._formatter.stale_records(time.time(), everything=everything))
 
     def _format_and_write(self, direction: str, data: bytes, when: float) -> None:
         if self.cfg.format == "raw":
-            self._write(self._format(direction, data, when))
+            self._write(self._formatter.records(direction, data, when))
             return
         for start in range(0, len(data), FORMAT_SLICE):
             began = time.perf_counter()
-            records = self._format(direction, data[start : start + FORMAT_SLICE], when)
+            records = self._formatter.records(direction, data[start : start + FORMAT_SLICE], when)
             spent = time.perf_counter() - began
             self._write(records)
             if spent > _REST_ABOVE:
                 time.sleep(spent * _REST_RATIO)
-
-    def _line_count(self, data: bytes | bytearray) -> int:
-        """How many log lines ``data`` would have made."""
-        if self.cfg.format == "hex":
-            return -(-len(data) // 16)
-        return data.count(b"\n") or 1
-
-    def _format(self, direction: str, data: bytes, when: float) -> list[bytes]:
-        """The log records for one chunk; each ends at a line boundary where it can."""
-        if self.cfg.format == "hex":
-            text = hex_lines(direction, data, dt.datetime.fromtimestamp(when, dt.UTC))
-            return _split_lines(text) if self.cfg.max_bytes else [text]
-        if self.cfg.format == "raw":
-            return _split_lines(data) if self.cfg.max_bytes else [data]
-        return self._console_lines(direction, data, when)
-
-    def _console_lines(self, direction: str, data: bytes, when: float) -> list[bytes]:
-        """Stamped lines for the complete lines of ``data``: the first finishes a waiting
-        partial line (and keeps its time), the others get the chunk's time. The text after
-        the last newline waits for the rest of its line."""
-        partial = self._partials.pop(direction, None)
-        began = partial.began if partial is not None else when
-        if partial is not None:
-            data = bytes(partial.data) + data
-        cut = data.rfind(b"\n") + 1
-        records = []
-        if cut:
-            # A console ends its lines with \r\n: the log's own newline stands for both.
-            text = escape_line(data[:cut].replace(b"\r\n", b"\n"), keep_newlines=True)
-            lines = text.split("\n")[:-1]
-            mark = f"{direction} " if self.cfg.direction == "both" else ""
-            first = f"{_stamp(began)} {mark}{lines[0]}\n"
-            if len(lines) > 1:
-                prefix = f"{_stamp(when)} {mark}"
-                first += prefix + f"\n{prefix}".join(lines[1:]) + "\n"
-            block = first.encode()
-            records = _split_lines(block) if self.cfg.max_bytes else [block]
-            began = when
-        if cut < len(data):
-            rest = _Partial(began)
-            rest.data += data[cut:]
-            rest.last = when
-            if len(rest.data) >= LINE_MAX:
-                records.append(self._line_record(direction, rest))
-            else:
-                self._partials[direction] = rest
-        return records
-
-    def _line_record(self, direction: str, partial: _Partial) -> bytes:
-        raw = bytes(partial.data)
-        if raw.endswith(b"\n"):
-            # A console ends its lines with \r\n: the log's own newline stands for both.
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        mark = f"{direction} " if self.cfg.direction == "both" else ""
-        return f"{_stamp(partial.began)} {mark}{escape_line(raw)}\n".encode()
-
-    def _next_partial_deadline(self) -> float | None:
-        if not self._partials:
-            return None
-        last = min(p.last for p in self._partials.values())
-        return last + PARTIAL_LINE_SECONDS - time.time()
-
-    def _stale_partials(self, now: float, *, everything: bool) -> list[bytes]:
-        records = []
-        for direction, partial in list(self._partials.items()):
-            if everything or now - partial.last >= PARTIAL_LINE_SECONDS:
-                records.append(self._line_record(direction, partial))
-                del self._partials[direction]
-        return records
 
     def _write(self, records: list[bytes]) -> None:
         """Write records, rotating first whenever the next would pass ``max_bytes``."""

@@ -135,6 +135,17 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_remote_arguments(p)
+    _add_tls_arguments(p)
+    _add_local_arguments(p)
+    _add_traffic_log_arguments(p)
+    add_viewer_arguments(p)
+    _add_output_arguments(p)
+    return p
+
+
+def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    """The remote peer: where it is, which side listens, reconnecting, sessions."""
     net = p.add_argument_group("remote connection")
     net.add_argument(
         "--server", action="store_true", help="listen for the remote peer (TCP server)"
@@ -198,6 +209,10 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         help="a listening bridge with a session active: refuse a new client (default), or let"
         " the new authenticated client take over (ser2net's kickolduser)",
     )
+
+
+def _add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """TLS: QEMU credential directories, the endpoint roles, peer checks, priority."""
     tls = p.add_argument_group("TLS")
     tls.add_argument(
         "--tls-creds",
@@ -268,6 +283,10 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         metavar="FILE",
         help='QEMU authz-list rules as JSON: {"policy": "deny", "rules": [...]}',
     )
+
+
+def _add_local_arguments(p: argparse.ArgumentParser) -> None:
+    """The local end, and its bytes while no remote is connected or nobody reads."""
     loc = p.add_argument_group("local end")
     loc.add_argument(
         "--local",
@@ -310,6 +329,10 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         metavar="BYTES",
         help=f"scrollback size for --when-unread buffer (default {DEFAULT_SCROLLBACK}; K/M/G ok)",
     )
+
+
+def _add_traffic_log_arguments(p: argparse.ArgumentParser) -> None:
+    """The traffic log: QEMU's logfile, plus directions, formats and rotation."""
     trace = p.add_argument_group("traffic log")
     trace.add_argument(
         "--logfile",
@@ -335,7 +358,10 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
         " line with an ISO-8601 timestamp, control characters escaped (> / < mark directions)",
     )
     add_rotation_arguments(trace)
-    add_viewer_arguments(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """The status endpoint, logging and the version."""
     out = p.add_argument_group("output")
     out.add_argument(
         "--status",
@@ -345,7 +371,6 @@ def build_parser(*, raise_errors: bool = False) -> argparse.ArgumentParser:
     )
     add_logging_arguments(out)
     out.add_argument("--version", action="version", version=f"chardev-bridge {__version__}")
-    return p
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

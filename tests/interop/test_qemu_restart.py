@@ -26,7 +26,12 @@ from chardev_bridge.local import LocalSpec
 from chardev_bridge.qemu import pki
 from tests.support.bridges import running_bridge, wait_log
 from tests.support.net import HOST, free_port
-from tests.support.peers import Qemu, qemu_in_thread, require_qemu, tls_creds_args
+from tests.support.peers import (
+    Qemu,
+    qemu_in_thread,
+    qemu_tls_server_args,
+    require_qemu,
+)
 from tests.support.procs import cli_bridge
 from tests.support.streams import open_pty, poll_flags, read_to_eof, read_until
 
@@ -89,13 +94,7 @@ async def test_qemu_sigkilled_and_restarted_on_the_same_port_and_qmp_works_again
     creds = pki.init_pki(tmp_path / "pki")
     port = free_port()
     link = tmp_path / "vm-monitor"
-    qemu_args = [
-        *tls_creds_args("tls0", str(creds.server_dir), "server"),
-        "-chardev",
-        f"socket,id=mon0,host={HOST},port={port},server=on,wait=off,tls-creds=tls0",
-        "-mon",
-        "chardev=mon0,mode=control",
-    ]
+    qemu_args = qemu_tls_server_args(creds.server_dir, port=port)
     args = ["--host", HOST, "--port", str(port), "--tls-creds", str(creds.client_dir)]
     args += ["--reconnect", "0.2", "--reconnect-max", "1", "--link", str(link)]
 
@@ -158,16 +157,10 @@ async def test_what_a_rejecting_qemu_threw_away_reaches_the_next_qemu_once_and_i
     port = free_port()
 
     def qemu_args(allowed: str | None) -> list[str]:
-        spec = f"socket,id=mon0,host={HOST},port={port},server=on,wait=off,tls-creds=tls0"
-        authz = []
-        if allowed is not None:
-            spec += ",tls-authz=auth0"
-            authz = ["-object", f"authz-simple,id=auth0,identity={allowed}"]
-        return [
-            *tls_creds_args("tls0", str(creds.server_dir), "server"),
-            *authz,
-            *["-chardev", spec, "-mon", "chardev=mon0,mode=control"],
-        ]
+        if allowed is None:
+            return qemu_tls_server_args(creds.server_dir, port=port)
+        authz = ["-object", f"authz-simple,id=auth0,identity={allowed}"]
+        return [*authz, *qemu_tls_server_args(creds.server_dir, port=port, authz="auth0")]
 
     args = ["--host", HOST, "--port", str(port), "--tls-creds", str(creds.client_dir)]
     args += ["--reconnect", "0.2", "--reconnect-max", "0.5", "--when-disconnected", "block"]

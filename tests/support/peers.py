@@ -198,20 +198,23 @@ def tls_creds_args(
     return ["-object", spec + extra]
 
 
-def tls_monitor_args(chardev_id: str, creds_id: str, *, authz: str | None = None) -> list[str]:
-    """A QMP monitor on a TLS server chardev on 127.0.0.1, port chosen by the kernel."""
-    spec = f"socket,id={chardev_id},host=127.0.0.1,port=0,server=on,wait=off,tls-creds={creds_id}"
+def tls_monitor_args(
+    chardev_id: str, creds_id: str, *, authz: str | None = None, port: int = 0
+) -> list[str]:
+    """A QMP monitor on a TLS server chardev on 127.0.0.1 (``port`` 0: chosen by the kernel)."""
+    spec = f"socket,id={chardev_id},host=127.0.0.1,port={port},server=on,wait=off"
+    spec += f",tls-creds={creds_id}"
     if authz is not None:
         spec += f",tls-authz={authz}"
     return ["-chardev", spec, "-mon", f"chardev={chardev_id},mode=control"]
 
 
-def qemu_tls_server_args(server_dir: Path, *, authz: str | None = None) -> list[str]:
-    """QEMU as TLS server: a QMP monitor on chardev ``mon0`` (127.0.0.1, kernel-chosen port;
-    :meth:`Qemu.port` finds it) with the credentials of ``server_dir``."""
+def qemu_tls_server_args(server_dir: Path, *, authz: str | None = None, port: int = 0) -> list[str]:
+    """QEMU as TLS server: a QMP monitor on chardev ``mon0`` (127.0.0.1; ``port`` 0: chosen by
+    the kernel, :meth:`Qemu.port` finds it) with the credentials of ``server_dir``."""
     return [
         *tls_creds_args("tls0", str(server_dir), "server"),
-        *tls_monitor_args("mon0", "tls0", authz=authz),
+        *tls_monitor_args("mon0", "tls0", authz=authz, port=port),
     ]
 
 

@@ -91,10 +91,10 @@ async def test_session_keeps_all_it_sent_a_server_that_has_acknowledged_little()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
             await _pour(app, peer, 1 << 20)  # four times the old fixed cap, without a pause
-            assert len(session.unconfirmed) == 1 << 20
+            assert len(session.replay.kept) == 1 << 20
             acknowledged = PEER_UNREAD_MAX + 1  # the server reads: it took the session
             await _pour(app, peer, 1)
-            assert len(session.unconfirmed) == 0
+            assert len(session.replay.kept) == 0
             session.drain("test over")
     assert session.stats.to_remote == (1 << 20) + 1
 
@@ -111,9 +111,9 @@ async def test_session_without_acknowledgments_waits_at_the_cap_until_the_server
             while len(got) < KEPT_MAX_UNSEEN:
                 got += await peer.receive_some()
             await trio.testing.wait_all_tasks_blocked()
-            assert len(got) == len(session.unconfirmed) == KEPT_MAX_UNSEEN
+            assert len(got) == len(session.replay.kept) == KEPT_MAX_UNSEEN
             await peer.send_all(b"hello")  # the server speaks: the rest goes, uncopied
             while len(got) < 2 * KEPT_MAX_UNSEEN:
                 got += await peer.receive_some()
-            assert len(session.unconfirmed) == 0
+            assert len(session.replay.kept) == 0
             session.drain("test over")

@@ -10,7 +10,7 @@ Read this top to bottom; it is the whole of how bytes move.
   ``CARRY_PIECE``, may then arrive twice: TCP cannot say how much of it the dead peer got).
   Bytes a remote may have thrown away unread (sent while it said nothing, until
   :mod:`chardev_bridge.bridge.replay`'s rules say it took the session) are kept in
-  :attr:`Session.unconfirmed`, so that the bridge can give them to the next session when it
+  :attr:`Session.replay`, so that the bridge can give them to the next session when it
   judges the remote rejected us.
 * **Half-close.** Local EOF → close_notify (``send_eof``) to the remote, and the reverse
   direction keeps flowing until the remote ends too. Remote EOF → everything that arrived is
@@ -89,6 +89,57 @@ class SessionStats:
     last_activity: float = field(default_factory=trio.current_time)
 
 
+class ReplayCopy:
+    """What was sent to a remote that has not yet shown it took the session, kept until
+    :mod:`chardev_bridge.bridge.replay`'s rules say it did (no window: nothing is kept)."""
+
+    def __init__(self, window: float, acknowledged: Callable[[], int | None] | None) -> None:
+        #: The bytes sent so far; a remote that now closes may have thrown them away unread
+        #: (a TLS 1.3 server rejecting our certificate after the handshake).
+        self.kept = bytearray()
+        self._until = trio.current_time() + window if window > 0 else None
+        # What the remote's TCP has acknowledged in all, the sign that it reads (None: unknown).
+        self._acknowledged = acknowledged
+        self._spoke = trio.Event()
+
+    @property
+    def keeping(self) -> bool:
+        """Whether what is sent now is still kept."""
+        return self._until is not None
+
+    async def before_send(self, size: int) -> None:
+        """Apply the rules before ``size`` more bytes go out: keep copying, forget the copy,
+        or wait for room to keep more."""
+        if self._until is None:
+            return
+        acknowledged = self._acknowledged() if self._acknowledged is not None else None
+        step = next_step(
+            kept=len(self.kept),
+            piece=size,
+            acknowledged=acknowledged,
+            window_left=self._until - trio.current_time(),
+        )
+        if step is ReplayStep.WAIT:
+            with trio.move_on_at(self._until):
+                await self._spoke.wait()
+            # A remote that ended meanwhile cancelled the sender (its bytes stay kept).
+            step = ReplayStep.CONFIRMED
+        if step is ReplayStep.CONFIRMED:
+            self.confirmed()
+
+    def sent(self, piece: memoryview) -> None:
+        """``piece`` went out: kept while the copy is."""
+        if self._until is not None:
+            self.kept += piece
+
+    def confirmed(self) -> None:
+        """The remote took the session (it spoke, read, or the window ended): forget."""
+        if self._until is not None:
+            self._until = None
+            self.kept = bytearray()
+            self._spoke.set()
+
+
 class _Reader:
     """Receives from one stream; :meth:`stop` ends a receive in progress.
 
@@ -152,17 +203,9 @@ class Session:
         self._up_scope = trio.CancelScope()
         self._delivering_since: float | None = None
         self.grace = grace
-        # Bytes sent while the remote has not shown that it took the session: a remote that
-        # then closes may have thrown them away unread (a TLS 1.3 server rejecting our
-        # certificate after the handshake). The bridge decides.
-        self.unconfirmed = bytearray()
-        # What the remote's TCP has acknowledged in all, the sign that it reads (None: unknown).
-        self._acknowledged = acknowledged
-        self._replay_until: float | None = None
-        self._remote_spoke = trio.Event()
+        # What the bridge gives the next session when it judges the remote rejected us.
+        self.replay = ReplayCopy(replay_window, acknowledged)
         self.replay_window = replay_window
-        if replay_window > 0:
-            self._replay_until = trio.current_time() + replay_window
         self._pumps: trio.Nursery | None = None
         # Seconds the session may still take, once it is ending (None: not ending).
         self._end_grace: float | None = None
@@ -216,29 +259,6 @@ class Session:
             outer.cancel_scope.cancel()
         return self.stats
 
-    async def _before_replayable_send(self, size: int, until: float) -> None:
-        """Apply the replay rules before sending ``size`` more bytes to a remote that has
-        said nothing: keep copying, forget the copy, or wait for room to keep more."""
-        acknowledged = self._acknowledged() if self._acknowledged is not None else None
-        step = next_step(
-            kept=len(self.unconfirmed),
-            piece=size,
-            acknowledged=acknowledged,
-            window_left=until - trio.current_time(),
-        )
-        if step is ReplayStep.WAIT:
-            with trio.move_on_at(until):
-                await self._remote_spoke.wait()
-            # A remote that ended meanwhile cancelled this pump (its bytes stay unconfirmed).
-            step = ReplayStep.CONFIRMED
-        if step is ReplayStep.CONFIRMED:
-            self._confirmed()
-
-    def _confirmed(self) -> None:
-        self._replay_until = None
-        self.unconfirmed = bytearray()
-        self._remote_spoke.set()
-
     async def _local_to_remote(self) -> None:
         carry, reader = self.carry, self._local_reader
         with self._up_scope:
@@ -273,8 +293,8 @@ class Session:
         # In pieces, so that a session cut mid-chunk leaves at most one piece that the next
         # session may get again (part of it may have been sent).
         piece = carry.pending[:CARRY_PIECE]
-        if self._replay_until is not None:
-            await self._before_replayable_send(len(piece), self._replay_until)
+        if self.replay.keeping:  # (a coroutine call per piece otherwise, on the echo path too)
+            await self.replay.before_send(len(piece))
         try:
             await self.remote.send_all(piece)
         except STREAM_ERRORS as exc:
@@ -282,8 +302,7 @@ class Session:
             return False
         self.stats.to_remote += len(piece)
         self.stats.last_activity = trio.current_time()
-        if self._replay_until is not None:
-            self.unconfirmed += piece
+        self.replay.sent(piece)
         carry.pending = carry.pending[len(piece) :]
         return True
 
@@ -323,8 +342,7 @@ class Session:
 
     async def _deliver(self, data: bytes | bytearray) -> bool:
         """Write bytes from the remote to the local end; False once the local end failed."""
-        if self._replay_until is not None:
-            self._confirmed()  # the remote talks to us: it has accepted the session
+        self.replay.confirmed()  # the remote talks to us: it has accepted the session
         if self.tap_to_local is not None:
             self.tap_to_local(data)
         self._delivering_since = trio.current_time()

@@ -166,10 +166,10 @@ class SessionRunner:
         stats.failure = verdict.failure
         line = self.line
         if verdict.rejected and line.persistent:
-            if session.unconfirmed:
+            if session.replay.kept:
                 # The server threw them away unread: the next session sends them again. All
                 # the session sent is here: nothing is kept once the server took the session.
-                replay = bytes(session.unconfirmed) + bytes(line.carry.pending)
+                replay = bytes(session.replay.kept) + bytes(line.carry.pending)
                 line.carry.pending = memoryview(replay)
             elif lasted > session.replay_window and stats.to_remote:
                 log.warning(

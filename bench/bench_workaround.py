@@ -1,7 +1,7 @@
 """CPU the QEMU 7.2 stall workaround adds per piece the bridge sends, measured in the TLS engine.
 
 The workaround's whole effect on the sender is one more ``SSL_write`` per piece: the piece's last
-byte goes in a record of its own (and 22 more bytes on the wire, 0.02 % of a 128 KiB piece). A
+byte goes in a record of its own (and 22 more bytes on the wire, 0.01 % of a 256 KiB piece). A
 bulk round trip through the bench machine's scheduler spreads too widely to see that (one
 contestant's five rounds span ±20 %), so this script encrypts the same piece with and without the
 split, alternating many short batches so that both see the same machine, and prints the median

@@ -17,8 +17,9 @@ from chardev_bridge.tls.engine import TLSEngine
 # decrypts a whole burst instead of one record (trio.SSLStream's limitation).
 TRANSPORT_READ = 256 * 1024
 
-# Plaintext encrypted and sent per step of a large send_all.
-SEND_PIECE = 128 * 1024
+# Plaintext encrypted and sent per step of a large send_all: a whole read of the bridge's
+# data path (datapath.CHUNK) in one step.
+SEND_PIECE = 256 * 1024
 
 # How long a fatal alert, or close_notify, may take to reach a peer that does not read: it
 # must not hold the session any longer.

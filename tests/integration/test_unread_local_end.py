@@ -11,7 +11,7 @@ import os
 import pytest
 import trio
 
-from chardev_bridge.bridge import datapath
+from chardev_bridge.bridge import datapath, watch
 from chardev_bridge.bridge import run as bridge_module
 from tests.support.bridges import (
     connecting_config,
@@ -141,7 +141,7 @@ async def test_a_bridge_that_ends_unread_says_how_much_scrollback_it_lost(
 async def test_when_unread_block_backpressures_the_remote_warns_and_loses_nothing(
     pki: PKI, info_logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datapath, "UNREAD_WARNING_SECONDS", 1.0)
+    monkeypatch.setattr(watch, "UNREAD_WARNING_SECONDS", 1.0)
     payload = os.urandom(8 * MiB)
     sent = 0
     received = hashlib.sha256()

@@ -26,7 +26,6 @@ Read this top to bottom; it is the whole of how bytes move.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +33,14 @@ import trio
 
 from chardev_bridge.bridge.replay import ReplayStep, next_step
 from chardev_bridge.bridge.verdict import Failure, Side, failure_from, first_or_telling
+from chardev_bridge.bridge.watch import (
+    Unread,
+    WatchFacts,
+    end_reason,
+    looks_each_interval,
+    next_look,
+    unread_change,
+)
 
 log = logging.getLogger("chardev_bridge")
 
@@ -46,9 +53,6 @@ CHUNK = 256 * 1024
 # socket local end ends with its session, so its chunks go whole: one TLS write and one
 # send per read, which on the bench machine carried 14 % more bulk per CPU second.
 CARRY_PIECE = 128 * 1024
-
-# A local end that takes no bytes for this long is reported: the remote is being stalled.
-UNREAD_WARNING_SECONDS = 10.0
 
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -205,7 +209,6 @@ class Session:
         self._local_reader = _Reader(local)
         self._remote_reader = _Reader(remote)
         self._up_scope = trio.CancelScope()
-        self._delivering_since: float | None = None
         self.grace = grace
         # What the bridge gives the next session when it judges the remote rejected us.
         self.replay = ReplayCopy(replay_window, acknowledged)
@@ -213,13 +216,7 @@ class Session:
         self._pumps: trio.Nursery | None = None
         # Seconds the session may still take, once it is ending (None: not ending).
         self._end_grace: float | None = None
-        # The watcher sleeps until its next deadline, or for good when it has nothing to
-        # watch; a delivery (unless it already looks every second) or the remote's end
-        # wakes it. While bytes flow it looks once a second, so that a busy session pays
-        # one wake-up a second, not one per delivery; an idle one pays none.
-        self._watch_poke = trio.Event()
-        self._watch_each_second = False
-        self._to_local_at_last_look = 0
+        self.watch = SessionWatch(self)
 
     def _end_within_grace(self, grace: float | None = None) -> None:
         grace = self.grace if grace is None else grace
@@ -253,7 +250,7 @@ class Session:
     async def run(self) -> SessionStats:
         """Move bytes both ways until both directions are done; never closes a stream."""
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._watch)
+            outer.start_soon(self.watch.run)
             async with trio.open_nursery() as pumps:
                 self._pumps = pumps
                 if self._end_grace is not None:
@@ -336,7 +333,7 @@ class Session:
             return  # stopped: the session is draining
         stats.remote_eof = True
         stats.last_activity = trio.current_time()
-        self._watch_poke.set()
+        self.watch.poke()
         if self.local_persistent:
             # The line stays; this remote session is over. Cancelling is safe: a chunk
             # the other pump holds stays in `carry` for the next session.
@@ -349,79 +346,99 @@ class Session:
         self.replay.confirmed()  # the remote talks to us: it has accepted the session
         if self.tap_to_local is not None:
             self.tap_to_local(data)
-        self._delivering_since = trio.current_time()
-        if not self._watch_each_second:
-            self._watch_poke.set()
+        self.watch.delivery_started()
         try:
             await self.local.send_all(data)
         except STREAM_ERRORS as exc:
             self._fail("local", exc)
             return False
-        self._delivering_since = None
+        self.watch.delivery_done()
         self.stats.to_local += len(data)
         self.stats.last_activity = trio.current_time()
         return True
 
-    def _next_look(self, warned: bool) -> float:
-        """When the watcher must look next (infinity: nothing to watch until woken)."""
-        stats, now = self.stats, trio.current_time()
-        looks = [math.inf]
-        moving = stats.to_local != self._to_local_at_last_look
-        self._to_local_at_last_look = stats.to_local
-        self._watch_each_second = moving or self._delivering_since is not None or warned
-        if self._watch_each_second:
-            looks.append(now + 1)
-        if self.idle_timeout is not None:
-            looks.append(stats.last_activity + self.idle_timeout)
-        if stats.remote_eof and not stats.local_eof and not self.local_persistent:
-            looks.append(stats.last_activity + self.grace)
-        return min(looks)
 
-    async def _watch(self) -> None:
-        """Report a local end nobody reads; end a session that has gone quiet for good."""
-        stats = self.stats
-        warned_at: float | None = None
-        written = getattr(self.local, "bytes_written", None)
+class SessionWatch:
+    """Applies :mod:`chardev_bridge.bridge.watch`'s rules to one session: reports a local end
+    nobody reads, ends a session that has gone quiet for good.
+
+    It sleeps until the rules' next deadline, or for good when there is nothing to watch; a
+    delivery (unless it already looks each interval) or the remote's end wakes it.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        #: When the delivery the local end is taking began (None: no delivery in progress).
+        self.delivering_since: float | None = None
+        self._poke = trio.Event()
+        self._each_interval = False
+        self._to_local_at_last_look = 0
+
+    def delivery_started(self) -> None:
+        """Bytes from the remote are being written to the local end."""
+        self.delivering_since = trio.current_time()
+        if not self._each_interval:
+            self._poke.set()
+
+    def delivery_done(self) -> None:
+        """The local end took the delivery."""
+        self.delivering_since = None
+
+    def poke(self) -> None:
+        """Something the rules depend on changed (the remote ended): look again now."""
+        self._poke.set()
+
+    def _facts(self) -> WatchFacts:
+        session, stats = self._session, self._session.stats
+        return WatchFacts(
+            now=trio.current_time(),
+            last_activity=stats.last_activity,
+            delivering_since=self.delivering_since,
+            idle_timeout=session.idle_timeout,
+            grace=session.grace,
+            remote_eof=stats.remote_eof,
+            local_eof=stats.local_eof,
+            local_persistent=session.local_persistent,
+        )
+
+    async def run(self) -> None:
+        """Watch until cancelled (the session's end)."""
+        session, stats = self._session, self._session.stats
+        warned = False
+        written = getattr(session.local, "bytes_written", None)
         while True:
-            look = self._next_look(warned_at is not None)
-            self._watch_poke = trio.Event()
-            with trio.move_on_at(look):
-                await self._watch_poke.wait()
+            moving = stats.to_local != self._to_local_at_last_look
+            self._to_local_at_last_look = stats.to_local
+            delivering = self.delivering_since is not None
+            self._each_interval = looks_each_interval(
+                moving=moving, delivering=delivering, warned=warned
+            )
+            self._poke = trio.Event()
+            with trio.move_on_at(next_look(self._facts(), each_interval=self._each_interval)):
+                await self._poke.wait()
                 continue  # woken early: work out the next look again
-            now = trio.current_time()
             # A slow reader (a 9600-baud line) takes a chunk over many seconds: what the
             # local end has written since the last look is progress, not a stall.
-            was, written = written, getattr(self.local, "bytes_written", None)
+            was, written = written, getattr(session.local, "bytes_written", None)
             if written != was:
-                stats.last_activity = now
-                if self._delivering_since is not None:
-                    self._delivering_since = now
-            since = self._delivering_since
-            if since is not None and now - since >= UNREAD_WARNING_SECONDS:
-                if warned_at is None:
-                    warned_at = since
-                    log.warning(
-                        "the local end has taken no bytes for %.0fs: the remote peer is"
-                        " stalled until something reads it (see --when-unread)",
-                        now - since,
-                    )
-            elif warned_at is not None:
+                stats.last_activity = trio.current_time()
+                if self.delivering_since is not None:
+                    self.delivering_since = stats.last_activity
+            facts = self._facts()
+            change = unread_change(facts, warned=warned)
+            if change is Unread.STALLED:
+                warned = True
+                log.warning(
+                    "the local end has taken no bytes for %.0fs: the remote peer is stalled"
+                    " until something reads it (see --when-unread)",
+                    facts.now - (facts.delivering_since or facts.now),
+                )
+            elif change is Unread.READING_AGAIN:
+                warned = False
                 log.info("the local end is being read again")
-                warned_at = None
-            idle = now - stats.last_activity
-            if self.idle_timeout is not None and idle >= self.idle_timeout:
-                # Nothing moved for that long: bytes stuck on their way (an unread pty, a
-                # remote that vanished without a word) will not move now either.
-                self.drain(f"idle for {idle:.0f}s (--idle-timeout)", grace=0)
-            elif (
-                stats.remote_eof
-                and not stats.local_eof
-                and not self.local_persistent
-                and idle >= self.grace
-            ):
-                # The remote has ended and the local connection has had nothing more to say:
-                # a peer that closed for good (QEMU never half-closes) must not hold the line.
-                self.drain(f"remote closed, local end quiet for {self.grace:g}s", grace=0)
+            reason = end_reason(facts)
+            if reason is not None:
+                session.drain(reason, grace=0)
 
 
 async def splice(

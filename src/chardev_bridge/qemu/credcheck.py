@@ -20,29 +20,22 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import stat
-import warnings
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge.qemu.authz import qemu_dn
-from chardev_bridge.qemu.credfiles import (
-    Finding,
-    Level,
-    describe_unreadable,
-)
-from chardev_bridge.qemu.policy import crl_signed_by
+from chardev_bridge.qemu._certchecks import check_cert, check_pair, describe_leaf
+from chardev_bridge.qemu._filechecks import check_crl, check_dh, check_key, parse_error
+from chardev_bridge.qemu.credfiles import Finding, Level
 from chardev_bridge.tls.setup import Endpoint
 
 # QEMU's gnutls_x509_crt_list_import() into a 16-entry array (MAX_CERTS in tlscredsx509.c).
 MAX_CA_CERTS = 16
-EXPIRY_WARNING = dt.timedelta(days=30)
-_NO_ISSUER = "The certificate hasn't got a known issuer"
 
 
 class _Checker:
+    """One directory's check: which files QEMU looks for, loading them, and the order of the
+    checks (qcrypto_tls_creds_x509_load)."""
+
     def __init__(self, base: str, endpoint: Endpoint, password: bytes | None, now: dt.datetime):
         self.base = base
         self.endpoint: Endpoint = endpoint
@@ -57,9 +50,8 @@ class _Checker:
         # QEMU builds paths with "%s/%s" from the dir property as given.
         return f"{self.base}/{name}"
 
-    # -- files present (qcrypto_tls_creds_get_path) --------------------------------------------
-
     def locate(self, name: str, required: bool) -> str | None:
+        """The file's path when it exists (qcrypto_tls_creds_get_path)."""
         path = self.path(name)
         try:
             os.stat(path)
@@ -70,112 +62,6 @@ class _Checker:
             return None
         return path
 
-    # -- certificate checks (qcrypto_tls_creds_check_cert) -------------------------------------
-
-    def check_times(self, cert: x509.Certificate, path: str, is_ca: bool) -> None:
-        what = "CA" if is_ca else self.endpoint
-        if cert.not_valid_after_utc < self.now:
-            self.add("error", f"The {what} certificate {path} has expired")
-        elif cert.not_valid_after_utc - self.now < EXPIRY_WARNING:
-            days = (cert.not_valid_after_utc - self.now).days
-            self.add(
-                "warning",
-                f"The {what} certificate {path} expires in {days} days "
-                f"({cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)",
-            )
-        if cert.not_valid_before_utc > self.now:
-            self.add("error", f"The {what} certificate {path} is not yet active")
-
-    def check_basic_constraints(self, cert: x509.Certificate, path: str, is_ca: bool) -> None:
-        try:
-            ca_flag = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            if is_ca:
-                self.add("error", f"The certificate {path} is missing basic constraints for a CA")
-            return
-        if ca_flag and not is_ca:
-            self.add(
-                "error",
-                f"The certificate {path} basic constraints show a CA, "
-                f"but we need one for a {self.endpoint}",
-            )
-        elif not ca_flag and is_ca:
-            self.add("error", f"The certificate {path} basic constraints do not show a CA")
-
-    def check_key_usage(self, cert: x509.Certificate, path: str, is_ca: bool) -> None:
-        try:
-            ext = cert.extensions.get_extension_for_class(x509.KeyUsage)
-        except x509.ExtensionNotFound:
-            return  # QEMU assumes the usage it needs
-        if not ext.critical:
-            return  # QEMU only enforces a critical keyUsage
-        usage = ext.value
-        if is_ca:
-            if not usage.key_cert_sign:
-                self.add("error", f"Certificate {path} usage does not permit certificate signing")
-            return
-        if not usage.digital_signature:
-            self.add("error", f"Certificate {path} usage does not permit digital signature")
-        if not usage.key_encipherment:
-            self.add(
-                "warning",
-                f"Certificate {path} usage does not permit key encipherment: Debian's QEMU 7.2 "
-                "accepts that, upstream QEMU 7.2.0 refuses to load it",
-            )
-
-    def check_purpose(self, cert: x509.Certificate, path: str) -> None:
-        try:
-            ext = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-        except x509.ExtensionNotFound:
-            return  # no extendedKeyUsage: any purpose
-        purposes = set(ext.value)
-        wanted = (
-            ExtendedKeyUsageOID.SERVER_AUTH
-            if self.endpoint == "server"
-            else ExtendedKeyUsageOID.CLIENT_AUTH
-        )
-        if wanted in purposes or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in purposes:
-            return
-        if ext.critical:
-            self.add(
-                "error",
-                f"Certificate {path} purpose does not allow use with a TLS {self.endpoint}",
-            )
-        else:
-            # OpenSSL checks the purpose whether the extension is critical or not.
-            self.add(
-                "warning",
-                f"Certificate {path} purpose does not allow use with a TLS {self.endpoint}: "
-                "QEMU ignores a non-critical extendedKeyUsage, OpenSSL-based peers refuse it",
-            )
-
-    def check_cert(self, cert: x509.Certificate, path: str, is_ca: bool) -> None:
-        self.check_times(cert, path, is_ca)
-        self.check_basic_constraints(cert, path, is_ca)
-        self.check_key_usage(cert, path, is_ca)
-        if not is_ca:
-            self.check_purpose(cert, path)
-
-    def check_pair(
-        self, cert: x509.Certificate, path: str, cas: list[x509.Certificate], ca_path: str
-    ) -> None:
-        for ca in cas:
-            if ca == cert:
-                return  # a certificate in the trusted list is trusted as it is
-            if ca.subject != cert.issuer:
-                continue
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-                continue
-            return
-        self.add(
-            "error",
-            f"Our own certificate {path} failed validation against {ca_path}: {_NO_ISSUER}",
-        )
-
-    # -- loading files -------------------------------------------------------------------------
-
     def load_leaf(self, path: str) -> x509.Certificate | None:
         try:
             with open(path, "rb") as f:
@@ -185,7 +71,7 @@ class _Checker:
             return None
         except ValueError as exc:
             self.add(
-                "error", f"Unable to import {self.endpoint} certificate {path}: {_reason(exc)}"
+                "error", f"Unable to import {self.endpoint} certificate {path}: {parse_error(exc)}"
             )
             return None
         return certs[0]  # gnutls_x509_crt_import() takes the first PEM block
@@ -207,147 +93,6 @@ class _Checker:
                 f"{MAX_CA_CERTS} when checking its own certificate",
             )
         return certs[:MAX_CA_CERTS]
-
-    def check_key(self, cert_path: str, key_path: str, cert: x509.Certificate | None) -> None:
-        # Imported here: key parsing is only for the checks, which run in a child process.
-        from cryptography.hazmat.primitives import serialization
-
-        prefix = f"Cannot load certificate '{cert_path}' & key '{key_path}'"
-        try:
-            st = os.stat(key_path)
-        except OSError:
-            return
-        if st.st_mode & 0o077:
-            self.add(
-                "warning",
-                f"Private key {key_path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it",
-            )
-        try:
-            with open(key_path, "rb") as f:
-                data = f.read()
-        except PermissionError as exc:
-            self.add("error", f"{prefix}: {exc.strerror}: {describe_unreadable(key_path)}")
-            return
-        except OSError as exc:
-            self.add("error", f"{prefix}: {exc.strerror}")
-            return
-        password = self.password
-        if password is not None and b"ENCRYPTED" not in data:
-            # A password for a plain key: QEMU loads it all the same, and so do we.
-            self.add("warning", f"{key_path}: a password was given but the key is not encrypted")
-            password = None
-        try:
-            key = serialization.load_pem_private_key(data, password)
-        except TypeError:
-            self.add(
-                "error",
-                f"{prefix}: Decryption has failed."
-                " (the key is encrypted and no password was given)",
-            )
-            return
-        except ValueError as exc:
-            if b"ENCRYPTED" in data:
-                self.add("error", f"{prefix}: Decryption has failed. (wrong password?)")
-            else:
-                self.add("error", f"{prefix}: {_reason(exc)}")
-            return
-        except UnsupportedAlgorithm as exc:
-            self.add("error", f"{prefix}: {exc}")
-            return
-        if cert is None:
-            return
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-            self.add("error", f"{prefix}: The certificate and the given key do not match.")
-
-    def check_crl(self, path: str, cas: list[x509.Certificate], ca_path: str) -> None:
-        try:
-            with open(path, "rb") as f:
-                crl = x509.load_pem_x509_crl(f.read())
-        except OSError as exc:
-            self.add("error", f"Cannot load CRL '{path}': {exc.strerror}")
-            return
-        except ValueError as exc:
-            self.add("error", f"Cannot load CRL '{path}': {_reason(exc)}")
-            return
-        if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
-            self.add(
-                "warning",
-                f"CRL {path} is not signed by a CA in {ca_path}: QEMU ignores it, "
-                "so it revokes nothing",
-            )
-        next_update = crl.next_update_utc
-        if next_update is not None and next_update < self.now:
-            self.add(
-                "warning",
-                f"CRL {path} is out of date (next update was due {next_update:%Y-%m-%d %H:%M} "
-                "UTC): QEMU 7.2 still enforces it, OpenSSL-based servers refuse every client "
-                "with it; re-sign it with `chardev-bridge creds revoke`",
-            )
-        if crl.last_update_utc > self.now:
-            self.add(
-                "warning",
-                f"CRL {path} is not valid yet (issued {crl.last_update_utc:%Y-%m-%d %H:%M} UTC): "
-                "QEMU 7.2 enforces it anyway, OpenSSL-based servers refuse every client with it",
-            )
-        serials = ", ".join(f"{r.serial_number:x}" for r in crl)
-        self.add(
-            "info",
-            f"CRL {path} revokes {len(crl)} certificate(s){': ' if serials else ''}{serials}",
-        )
-
-    def check_dh(self, path: str) -> None:
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            self.add("error", f"Unable to load DH parameters from {path}: {exc.strerror}")
-            return
-        # gnutls imports PKCS#3 only; OpenSSL 3 writes "X9.42 DH PARAMETERS" for named groups.
-        if b"-----BEGIN DH PARAMETERS-----" not in data:
-            self.add(
-                "error",
-                f"Unable to load DH parameters from {path}: no PKCS#3 'DH PARAMETERS' PEM block",
-            )
-            return
-        try:
-            # Newer cryptography releases deprecate finite-field DH; QEMU still reads the
-            # file, so we check it without a warning on the user's terminal.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                serialization.load_pem_parameters(data)
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            self.add("error", f"Unable to load DH parameters from {path}: {exc}")
-
-    def describe_leaf(self, cert: x509.Certificate, path: str) -> None:
-        self.add(
-            "info",
-            f"The {self.endpoint} certificate {path}: DN '{qemu_dn(cert.subject)}' "
-            f"(as tls-authz matches it), serial {cert.serial_number:x}, "
-            f"valid until {cert.not_valid_after_utc:%Y-%m-%d} UTC",
-        )
-        if self.endpoint != "server":
-            return
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            san = None
-        names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)] if san else []
-        names += [f"IP:{ip}" for ip in san.get_values_for_type(x509.IPAddress)] if san else []
-        if names:
-            self.add("info", f"The server certificate {path} is valid for {', '.join(names)}")
-        else:
-            self.add(
-                "warning",
-                f"The server certificate {path} has no subjectAltName: QEMU clients fall back "
-                "to its CN, OpenSSL-based clients (and so the bridge) match no name",
-            )
-
-    # -- the whole directory (qcrypto_tls_creds_x509_load) -------------------------------------
 
     def run(self) -> list[Finding]:
         server = self.endpoint == "server"
@@ -375,20 +120,21 @@ class _Checker:
         cas: list[x509.Certificate] = []
         if ca_path and os.access(ca_path, os.R_OK):
             cas = self.load_ca_list(ca_path)
+        found = self.findings
         if cert is not None and cert_path:
-            self.check_cert(cert, cert_path, is_ca=False)
+            found += check_cert(cert, cert_path, is_ca=False, endpoint=self.endpoint, now=self.now)
         for ca in cas:
-            self.check_cert(ca, ca_path or "", is_ca=True)
+            found += check_cert(ca, ca_path or "", is_ca=True, endpoint=self.endpoint, now=self.now)
         if cert is not None and cert_path and cas and ca_path:
-            self.check_pair(cert, cert_path, cas, ca_path)
+            found += check_pair(cert, cert_path, cas, ca_path)
 
         if cert_path and key_path:
-            self.check_key(cert_path, key_path, cert)
+            found += check_key(cert_path, key_path, cert, self.password)
         if crl_path and ca_path:
-            self.check_crl(crl_path, cas, ca_path)
+            found += check_crl(crl_path, cas, ca_path, self.now)
         if server:
             if dh_path:
-                self.check_dh(dh_path)
+                found += check_dh(dh_path)
             elif ca_path:
                 self.add(
                     "info",
@@ -396,16 +142,8 @@ class _Checker:
                     "at every start (up to a few seconds)",
                 )
         if cert is not None and cert_path:
-            self.describe_leaf(cert, cert_path)
-        return self.findings
-
-
-def _reason(exc: Exception) -> str:
-    """A short reason for a parse failure (cryptography's PEM errors carry a FAQ link)."""
-    text = str(exc)
-    if "Unable to load PEM file" in text:
-        return "no valid PEM block (-----BEGIN ...-----) found"
-    return text
+            found += describe_leaf(cert, cert_path, self.endpoint)
+        return found
 
 
 def check_creds(

@@ -41,6 +41,7 @@ from chardev_bridge.bridge.watch import (
     next_look,
     unread_change,
 )
+from chardev_bridge.local.base import LocalEnd
 
 log = logging.getLogger("chardev_bridge")
 
@@ -388,6 +389,12 @@ class SessionWatch:
         """Something the rules depend on changed (the remote ended): look again now."""
         self._poke.set()
 
+    def _local_written(self) -> int | None:
+        """What the local end has handed to the OS so far; None for an end that does not
+        count (a socket's stream), where the end of a delivery is the only progress."""
+        local = self._session.local
+        return local.bytes_written if isinstance(local, LocalEnd) else None
+
     def _facts(self) -> WatchFacts:
         session, stats = self._session, self._session.stats
         return WatchFacts(
@@ -405,7 +412,7 @@ class SessionWatch:
         """Watch until cancelled (the session's end)."""
         session, stats = self._session, self._session.stats
         warned = False
-        written = getattr(session.local, "bytes_written", None)
+        written = self._local_written()
         while True:
             moving = stats.to_local != self._to_local_at_last_look
             self._to_local_at_last_look = stats.to_local
@@ -419,7 +426,7 @@ class SessionWatch:
                 continue  # woken early: work out the next look again
             # A slow reader (a 9600-baud line) takes a chunk over many seconds: what the
             # local end has written since the last look is progress, not a stall.
-            was, written = written, getattr(session.local, "bytes_written", None)
+            was, written = written, self._local_written()
             if written != was:
                 stats.last_activity = trio.current_time()
                 if self.delivering_since is not None:

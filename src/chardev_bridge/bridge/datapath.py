@@ -433,12 +433,13 @@ class SessionWatch:
                     self.delivering_since = stats.last_activity
             facts = self._facts()
             change = unread_change(facts, warned=warned)
-            if change is Unread.STALLED:
+            since = facts.delivering_since
+            if change is Unread.STALLED and since is not None:  # (a stall has a delivery)
                 warned = True
                 log.warning(
                     "the local end has taken no bytes for %.0fs: the remote peer is stalled"
                     " until something reads it (see --when-unread)",
-                    facts.now - (facts.delivering_since or facts.now),
+                    facts.now - since,
                 )
             elif change is Unread.READING_AGAIN:
                 warned = False

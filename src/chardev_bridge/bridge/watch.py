@@ -4,8 +4,8 @@ Every session has a watcher beside its two pumps. It reports a local end nobody 
 remote is stalled behind it) and ends a session that has gone quiet for good: idle past
 ``--idle-timeout``, or a remote that closed while the local connection has had nothing more to
 say. It costs no wake-ups while a session is idle: it sleeps until the next deadline these
-rules give, or until bytes move. The rules are pure; :class:`chardev_bridge.bridge.datapath.
-SessionWatch` applies them.
+rules give, or until bytes move. The rules are pure;
+:class:`chardev_bridge.bridge.datapath.SessionWatch` applies them.
 """
 
 from __future__ import annotations

@@ -120,21 +120,24 @@ class _Checker:
         cas: list[x509.Certificate] = []
         if ca_path and os.access(ca_path, os.R_OK):
             cas = self.load_ca_list(ca_path)
-        found = self.findings
         if cert is not None and cert_path:
-            found += check_cert(cert, cert_path, is_ca=False, endpoint=self.endpoint, now=self.now)
+            self.findings += check_cert(
+                cert, cert_path, is_ca=False, endpoint=self.endpoint, now=self.now
+            )
         for ca in cas:
-            found += check_cert(ca, ca_path or "", is_ca=True, endpoint=self.endpoint, now=self.now)
+            self.findings += check_cert(
+                ca, ca_path or "", is_ca=True, endpoint=self.endpoint, now=self.now
+            )
         if cert is not None and cert_path and cas and ca_path:
-            found += check_pair(cert, cert_path, cas, ca_path)
+            self.findings += check_pair(cert, cert_path, cas, ca_path)
 
         if cert_path and key_path:
-            found += check_key(cert_path, key_path, cert, self.password)
+            self.findings += check_key(cert_path, key_path, cert, self.password)
         if crl_path and ca_path:
-            found += check_crl(crl_path, cas, ca_path, self.now)
+            self.findings += check_crl(crl_path, cas, ca_path, self.now)
         if server:
             if dh_path:
-                found += check_dh(dh_path)
+                self.findings += check_dh(dh_path)
             elif ca_path:
                 self.add(
                     "info",
@@ -142,8 +145,8 @@ class _Checker:
                     "at every start (up to a few seconds)",
                 )
         if cert is not None and cert_path:
-            found += describe_leaf(cert, cert_path, self.endpoint)
-        return found
+            self.findings += describe_leaf(cert, cert_path, self.endpoint)
+        return self.findings
 
 
 def check_creds(

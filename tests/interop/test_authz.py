@@ -15,8 +15,8 @@ from chardev_bridge.qemu import pki
 from chardev_bridge.qemu.authz import (
     AuthzFileError,
     load_authz_file,
-    qemu_dn,
 )
+from chardev_bridge.qemu.dn import qemu_dn
 from tests.support.certs import write_authz_file
 from tests.support.peers import Qemu, QemuError, qemu_errors, tls_creds_args, tls_monitor_args
 

@@ -16,7 +16,7 @@ import trio
 
 from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.qemu import psk
-from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.qemu.credfiles import CredentialError
 from chardev_bridge.qemu.psk import describe_psk_failure
 from chardev_bridge.tls.errors import describe_tls_error
 from chardev_bridge.tls.setup import Endpoint

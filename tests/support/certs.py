@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ObjectIdentifier
 
 from chardev_bridge.qemu import pki
-from chardev_bridge.qemu.authz import qemu_dn
+from chardev_bridge.qemu.dn import qemu_dn
 
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)

@@ -24,8 +24,8 @@ from chardev_bridge.qemu.authz import (
     glob_to_regex,
     load_authz_file,
     parse_authz,
-    qemu_dn,
 )
+from chardev_bridge.qemu.dn import qemu_dn
 from tests.support.certs import write_authz_file
 
 DN = "C=GB,ST=London,L=City Of London,O=QEMU Test,CN=client.example.com"

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from chardev_bridge.qemu import creds_cli, pki
-from chardev_bridge.qemu.authz import qemu_dn
 from chardev_bridge.qemu.credcheck import check_creds
 from chardev_bridge.qemu.credfiles import has_errors
+from chardev_bridge.qemu.dn import qemu_dn
 from chardev_bridge.tls.setup import Endpoint
 
 LAYOUT = {

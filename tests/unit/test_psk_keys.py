@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chardev_bridge.qemu import psk
-from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.qemu.credfiles import CredentialError
 from chardev_bridge.qemu.priority import parse_priority
 from chardev_bridge.tls.setup import Endpoint
 from tests.support.psk import (

@@ -10,7 +10,7 @@ from typing import Literal
 from chardev_bridge.common.configerror import ConfigError, InvalidConfig
 from chardev_bridge.local import LocalSpec
 from chardev_bridge.local.holding import check_hold_max, hold_limit
-from chardev_bridge.qemu.setup import TLSSettings
+from chardev_bridge.qemu.settings import TLSSettings
 from chardev_bridge.share.config import TrafficLogConfig, ViewersConfig
 from chardev_bridge.tls.setup import Endpoint
 

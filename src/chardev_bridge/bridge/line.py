@@ -18,7 +18,7 @@ from typing import Literal
 import trio
 
 from chardev_bridge.bridge.datapath import STREAM_ERRORS, Carry
-from chardev_bridge.local import LocalEnd
+from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.local.holding import HeldBytes, dropped_line
 from chardev_bridge.local.scrollback import ScrollbackEnd
 from chardev_bridge.share.taps import Taps

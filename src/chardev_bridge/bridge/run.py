@@ -25,7 +25,8 @@ from chardev_bridge.bridge.serve import Server, describe_listeners
 from chardev_bridge.bridge.session import SessionRunner
 from chardev_bridge.bridge.slots import SessionSlots
 from chardev_bridge.common.logcontext import bridge_name
-from chardev_bridge.local import LocalEnd, open_local_end
+from chardev_bridge.local import open_local_end
+from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.qemu.setup import build_tls_setup
 from chardev_bridge.share.stats import ShareCounters
 from chardev_bridge.share.taps import Taps, open_sharing

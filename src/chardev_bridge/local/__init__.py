@@ -9,12 +9,14 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from chardev_bridge.common.hostport import format_hostport
-from chardev_bridge.local.base import LocalEnd
 
-__all__ = ["LocalEnd", "LocalSpec", "open_local_end", "parse_hostport", "parse_local_spec"]
+if TYPE_CHECKING:
+    from chardev_bridge.local.base import LocalEnd
+
+__all__ = ["LocalSpec", "open_local_end", "parse_hostport", "parse_local_spec"]
 
 LocalKind = Literal["pty", "tty", "unix", "unix-listen", "tcp", "tcp-listen", "stdio"]
 LOCAL_KINDS: tuple[str, ...] = get_args(LocalKind)

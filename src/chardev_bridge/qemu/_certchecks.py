@@ -9,8 +9,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from chardev_bridge.qemu.authz import qemu_dn
 from chardev_bridge.qemu.credfiles import Finding
+from chardev_bridge.qemu.dn import qemu_dn
 from chardev_bridge.tls.setup import Endpoint
 
 EXPIRY_WARNING = dt.timedelta(days=30)

@@ -10,9 +10,9 @@ import warnings
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chardev_bridge.qemu.credfiles import Finding, describe_unreadable
-from chardev_bridge.qemu.policy import crl_signed_by
 
 
 def parse_error(exc: Exception) -> str:
@@ -167,3 +167,14 @@ def check_dh(path: str) -> list[Finding]:
     except (ValueError, UnsupportedAlgorithm) as exc:
         return [Finding("error", f"Unable to load DH parameters from {path}: {exc}")]
     return []
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``crl`` (QEMU loads a CRL signed by another CA; it revokes nothing)."""
+    key = ca.public_key()
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        return False
+    try:
+        return crl.is_signature_valid(key)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False

@@ -166,3 +166,14 @@ def check_creds(
     """
     when = now or dt.datetime.now(dt.UTC)
     return _Checker(os.fspath(directory), endpoint, password, when).run()
+
+
+def cert_not_after(directory: str | os.PathLike[str], endpoint: Endpoint) -> float | None:
+    """When the directory's own certificate (``server-cert.pem`` or ``client-cert.pem``)
+    expires, in unix time; None without a readable one."""
+    path = os.path.join(os.fspath(directory), f"{endpoint}-cert.pem")
+    try:
+        with open(path, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None

@@ -7,11 +7,16 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from chardev_bridge.tls.setup import Endpoint
 
 Level = Literal["error", "warning", "info"]
+
+
+class CredentialError(Exception):
+    """A credential directory or file cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,15 @@ def role_mismatch(directory: str | os.PathLike[str], endpoint: Endpoint) -> str 
         f"{base} holds {other} credentials ({', '.join(theirs)}), not {endpoint} ones:"
         f" it has no {' or '.join(mine)}"
     )
+
+
+def read_key_password(path: Path) -> bytes:
+    """The private key's password from ``path`` (``--tls-key-password-file``), without the
+    line end an editor leaves."""
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
 
 
 def describe_unreadable(path: str | os.PathLike[str]) -> str:

@@ -90,7 +90,7 @@ def parse_dn(text: str) -> x509.Name:
     """Parse a DN written the way QEMU's tls-authz prints it, first RDN first.
 
     ``"C=GB,O=QEMU Test,CN=client"`` gives a name whose encoding order is C, O, CN, so
-    :func:`chardev_bridge.qemu.authz.qemu_dn` prints it back unchanged. RFC 4514 escaping applies
+    :func:`chardev_bridge.qemu.dn.qemu_dn` prints it back unchanged. RFC 4514 escaping applies
     (``\\,`` for a literal comma). RFC 4514 itself writes the last RDN first, hence the reversal.
     """
     try:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, cast
 
-from chardev_bridge.qemu.policy import CredentialError
+from chardev_bridge.qemu.credfiles import CredentialError
 from chardev_bridge.qemu.priority import TLS12_SUITES, TlsPriority
 from chardev_bridge.tls.errors import describe_tls_error, root_cause
 from chardev_bridge.tls.resumption import disable_resumption
@@ -119,7 +119,7 @@ ServerCallback = Callable[[str | None], bytes]
 class PskUnavailable(CredentialError):
     """This Python cannot do TLS-PSK; the message says what to install.
 
-    A :class:`~chardev_bridge.qemu.policy.CredentialError`, so the CLI reports it as a start-up
+    A :class:`~chardev_bridge.qemu.credfiles.CredentialError`, so the CLI reports it as a start-up
     error in one line, like any unusable credential.
     """
 

@@ -3,53 +3,41 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from chardev_bridge.qemu._isolated import check_creds_in_child
-from chardev_bridge.qemu.authz import AuthzList, load_authz_file
-from chardev_bridge.qemu.credfiles import has_errors, is_init_root, role_mismatch
-from chardev_bridge.qemu.policy import (
+from chardev_bridge.qemu._isolated import ChildCheck
+from chardev_bridge.qemu.credfiles import (
     CredentialError,
+    has_errors,
+    is_init_root,
+    read_key_password,
+    role_mismatch,
+)
+from chardev_bridge.qemu.policy import (
+    PeerJudge,
     TLSPolicy,
-    check_peer,
-    load_crl,
     load_x509_creds,
     make_ssl_context,
+    read_crl,
     server_hostname_for,
 )
 from chardev_bridge.qemu.priority import DEFAULT_PRIORITY, resolve_priority
+from chardev_bridge.qemu.settings import TLSSettings
 from chardev_bridge.tls.errors import describe_quick_rejection
-from chardev_bridge.tls.setup import Endpoint, PeerCert, TLSSetup
-from chardev_bridge.tls.stream import TLSSessionInfo
+from chardev_bridge.tls.setup import TLSSetup
+
+if TYPE_CHECKING:
+    from chardev_bridge.qemu.authz import AuthzList
 
 log = logging.getLogger("chardev_bridge")
 
 
-@dataclass(frozen=True)
-class TLSSettings:
-    """A bridge's TLS settings, as QEMU's ``tls-creds-x509``/``tls-creds-psk`` objects and
-    the chardev's ``tls-authz`` take them."""
-
-    endpoint: Endpoint
-    # Which setting made the TLS role what it is, for error messages.
-    role_source: str
-    creds: Path | None = None
-    creds_psk: Path | None = None
-    username: str | None = None
-    verify_peer: bool = True
-    hostname: str | None = None
-    # The host a TLS client connects to: the name the server must carry unless `hostname`.
-    connect_host: str = "localhost"
-    key_password_file: Path | None = None
-    priority: str | None = None
-    authz: tuple[str, ...] = ()
-    authz_file: Path | None = None
-    split_last_byte: bool = True
-
-
-def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
-    """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials.
+def build_tls_setup(cfg: TLSSettings, started: ChildCheck | None = None) -> TLSSetup | None:
+    """The TLS configuration for ``cfg``, after QEMU's load-time checks of the credentials
+    (``started``: those checks, running since
+    :func:`~chardev_bridge.qemu._isolated.start_checks`).
 
     Raises ``CredentialError`` (every error QEMU would report, one per line) or
     ``PriorityError``/``AuthzFileError`` (ValueError) for a bad priority or allow-list.
@@ -59,14 +47,19 @@ def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
     if cfg.creds is None:
         return None
     check_layout(cfg.creds, cfg)
-    password = _read_password(cfg.key_password_file) if cfg.key_password_file else None
-    # In a child: the checks load cryptography's backend, which a bridge needs no more.
-    findings = check_creds_in_child(cfg.creds, cfg.endpoint, password=password)
-    for finding in findings:
+    password = read_key_password(cfg.key_password_file) if cfg.key_password_file else None
+    if started is None or started.checks != (cfg.creds, cfg.endpoint, password):
+        if started is not None:
+            started.result()  # checks of other files: only reap their child
+        # In a child: the checks load cryptography's backend, which a bridge needs no more.
+        started = ChildCheck(cfg.creds, cfg.endpoint, password=password)
+    checked = started.result()
+    for finding in checked.findings:
         if finding.level == "warning":
             log.warning("%s", finding.message)
-    if has_errors(findings):
-        raise CredentialError("\n".join(f.message for f in findings if f.level == "error"))
+    if has_errors(checked.findings):
+        errors = [f.message for f in checked.findings if f.level == "error"]
+        raise CredentialError("\n".join(errors))
     chosen = resolve_priority(cfg.priority)
     # The default at every start is noise; a priority someone chose is worth a line.
     level = logging.DEBUG if chosen.priority is DEFAULT_PRIORITY else logging.INFO
@@ -80,33 +73,16 @@ def build_tls_setup(cfg: TLSSettings) -> TLSSetup | None:
         authz=authz,
         priority=chosen.priority,
     )
-    crl = load_crl(policy.creds) if policy.endpoint == "server" else None
-
-    def judge(info: TLSSessionInfo) -> PeerCert | None:
-        return check_peer(
-            policy, crl, cert_der=info.peer_cert_der, version=info.version, cipher=info.cipher
-        )
-
+    crl = read_crl(policy.creds) if policy.endpoint == "server" else None
     return TLSSetup(
         context=make_ssl_context(policy),
         server_side=policy.endpoint == "server",
         server_hostname=server_hostname_for(policy, cfg.connect_host),
-        check_peer=judge,
+        check_peer=PeerJudge(policy, crl),
         silent_rejection=_silent_rejection(policy) if policy.endpoint == "client" else None,
         split_last_byte=cfg.split_last_byte,
-        cert_not_after=_not_after(policy.creds.cert),
+        cert_not_after=checked.cert_not_after,
     )
-
-
-def _not_after(cert: Path | None) -> float | None:
-    if cert is None:
-        return None
-    from cryptography import x509
-
-    try:
-        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
-    except (OSError, ValueError):
-        return None  # the checks above report an unusable certificate
 
 
 #: A TLS setup built from credential files, and those files' fingerprint.
@@ -120,25 +96,33 @@ class ReloadableTLS:
     """A TLS provider whose credentials are read again on reload: new handshakes use the
     new files, sessions in progress keep theirs. Files that did not change are not read."""
 
-    def __init__(self, settings: TLSSettings, cache: SetupCache | None = None) -> None:
+    def __init__(
+        self,
+        settings: TLSSettings,
+        cache: SetupCache | None = None,
+        started: ChildCheck | None = None,
+    ) -> None:
         self.settings = settings
         self.setup: TLSSetup | None = None
         self._fingerprint: tuple[object, ...] | None = None
-        self.setup, self._fingerprint = self.prepare(cache)
+        self.setup, self._fingerprint = self.prepare(cache, started)
 
     def __call__(self) -> TLSSetup | None:
         return self.setup
 
-    def prepare(self, cache: SetupCache | None = None) -> PreparedTLS:
+    def prepare(
+        self, cache: SetupCache | None = None, started: ChildCheck | None = None
+    ) -> PreparedTLS:
         """Build the setup from the files as they are now (raises as
-        :func:`build_tls_setup`); :meth:`install` puts it to use."""
+        :func:`build_tls_setup`, which collects ``started``); :meth:`install` puts it to
+        use."""
         fingerprint = credentials_fingerprint(self.settings)
         if fingerprint == self._fingerprint:
             return self.setup, fingerprint
         key = (self.settings, fingerprint)
         if cache is not None and key in cache:
             return cache[key], fingerprint
-        setup = build_tls_setup(self.settings)
+        setup = build_tls_setup(self.settings, started)
         if cache is not None:
             cache[key] = setup
         return setup, fingerprint
@@ -215,14 +199,9 @@ def check_layout(directory: Path, cfg: TLSSettings) -> None:
     )
 
 
-def _read_password(path: Path) -> bytes:
-    try:
-        return path.read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise CredentialError(f"cannot read key password file {path}: {exc.strerror}") from None
-
-
 def _build_authz(cfg: TLSSettings) -> AuthzList | None:
+    from chardev_bridge.qemu.authz import AuthzList, load_authz_file  # only where one is set
+
     if cfg.authz_file is not None:
         return load_authz_file(cfg.authz_file)
     if cfg.authz:

@@ -17,7 +17,8 @@ from chardev_bridge.bridge.counters import BridgeCounters
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.common.backoff import Backoff
 from chardev_bridge.common.logcontext import bridge_name
-from chardev_bridge.local import LocalEnd, open_local_end
+from chardev_bridge.local import open_local_end
+from chardev_bridge.local.base import LocalEnd
 from chardev_bridge.qemu.setup import ReloadableTLS
 from chardev_bridge.serve.statusmodel import BridgeStatus
 from chardev_bridge.tls.errors import describe_tls_error

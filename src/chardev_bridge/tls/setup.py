@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from chardev_bridge.tls.stream import TLSSessionInfo
+if TYPE_CHECKING:
+    import ssl
+
+    from chardev_bridge.tls.stream import TLSSessionInfo
 
 #: A TLS role, independent of who listens on TCP (QEMU's ``endpoint=``).
 Endpoint = Literal["server", "client"]

@@ -15,7 +15,6 @@ from chardev_bridge.bridge.datapath import keep_read_buffers_off_mmap
 from chardev_bridge.bridge.run import BridgeReady, run_bridge
 from chardev_bridge.qemu._isolated import ChildCheck
 from chardev_bridge.qemu.credfiles import CredentialError
-from chardev_bridge.qemu.policy import load_peer_checks
 from chardev_bridge.qemu.setup import ReloadableTLS
 
 log = logging.getLogger("chardev_bridge")
@@ -31,18 +30,14 @@ def run_command(cfg: BridgeConfig, status: str | None, started: ChildCheck | Non
 class _AnnounceReady:
     """Receives ``run_bridge``'s ready signal and prints the pty path on stdout."""
 
-    def __init__(self, tls: ReloadableTLS) -> None:
+    def __init__(self) -> None:
         self.ready: BridgeReady | None = None
-        self._tls = tls
 
     def started(self, value: BridgeReady | None = None) -> None:
         self.ready = value
         if value is not None and value.pty_path:
             # Scripts wait for this line, and stdout may be a pipe: flush it now.
             print(f"pty: {value.pty_path}", flush=True)
-        setup = self._tls.setup
-        if setup is not None and setup.check_peer is not None:
-            load_peer_checks()
 
 
 async def _run(cfg: BridgeConfig, status: str | None, started: ChildCheck | None) -> int:
@@ -50,7 +45,7 @@ async def _run(cfg: BridgeConfig, status: str | None, started: ChildCheck | None
     shutdown = trio.Event()
     tls = ReloadableTLS(cfg.tls_settings, started=started)
     counters = BridgeCounters()
-    announce = _AnnounceReady(tls)
+    announce = _AnnounceReady()
     listeners = _activated_listeners(cfg.listen_fd) if cfg.listen_fd is not None else None
     # A logrotate that sends SIGUSR1 to every console process must not kill one without a
     # log file (the default action); one with a log reopens it (share/taps.py).

@@ -1,6 +1,5 @@
 """The command line's start-up order: options parse without the TLS stack, the credential
-checks start in a child at once, and the bridge's TLS setup collects what that child found;
-a peer's certificate is parsed only once a handshake needs it."""
+checks start in a child at once, and the bridge's TLS setup collects what that child found."""
 
 from __future__ import annotations
 
@@ -16,10 +15,7 @@ import chardev_bridge
 from chardev_bridge.bridge.options import build_parser, config_from_args
 from chardev_bridge.qemu._isolated import ChildCheck, start_checks
 from chardev_bridge.qemu.credfiles import CredentialError
-from chardev_bridge.qemu.policy import CRLFile, PeerJudge, TLSPolicy, load_x509_creds
 from chardev_bridge.qemu.setup import build_tls_setup
-from chardev_bridge.tls.setup import PeerRejected
-from chardev_bridge.tls.stream import TLSSessionInfo
 from tests.support.certs import PKI
 
 
@@ -77,14 +73,3 @@ def test_nothing_is_started_without_x509_credentials(tmp_path: Path) -> None:
         build_parser().parse_args(["--host", "h", "--tls-creds-psk", str(tmp_path)])
     ).tls_settings
     assert start_checks(psk) is None
-
-
-def test_an_unparsable_crl_at_the_first_handshake_refuses_every_client(pki: PKI) -> None:
-    creds = load_x509_creds(pki.server_dir, "server")
-    judge = PeerJudge(
-        TLSPolicy(creds=creds),
-        CRLFile(pki.server_dir / "ca-crl.pem", b"not a CRL", creds.ca_cert.read_bytes()),
-    )
-    info = TLSSessionInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", peer_cert_der=None)
-    with pytest.raises(PeerRejected, match=r"cannot load CRL .*ca-crl\.pem.*until it loads"):
-        judge(info)

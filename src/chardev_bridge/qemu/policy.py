@@ -6,16 +6,19 @@ tested without sockets.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
+from cryptography import x509
+
+from chardev_bridge.qemu._filechecks import crl_signed_by
 from chardev_bridge.qemu.credfiles import CredentialError, describe_unreadable
+from chardev_bridge.qemu.dn import qemu_dn
 from chardev_bridge.qemu.priority import (
     DEFAULT_PRIORITY,
     TlsPriority,
@@ -26,10 +29,7 @@ from chardev_bridge.tls.resumption import disable_resumption
 from chardev_bridge.tls.setup import Endpoint, PeerCert, PeerRejected
 
 if TYPE_CHECKING:
-    from cryptography import x509
-
     from chardev_bridge.qemu.authz import AuthzList
-    from chardev_bridge.tls.stream import TLSSessionInfo
 
 log = logging.getLogger("chardev_bridge")
 
@@ -200,10 +200,6 @@ def describe_peer_cert(der: bytes | None) -> PeerCert | None:
     """Parse a DER certificate into its QEMU-format DN and serial (None when absent)."""
     if not der:
         return None
-    from cryptography import x509
-
-    from chardev_bridge.qemu.dn import qemu_dn
-
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
@@ -212,68 +208,19 @@ def describe_peer_cert(der: bytes | None) -> PeerCert | None:
     return PeerCert(dn=qemu_dn(cert.subject), serial=cert.serial_number)
 
 
-def load_peer_checks() -> None:
-    """Load what judging a peer certificate needs (cryptography's x509). A bridge leaves it
-    until it listens, and then calls this so its first handshake does not wait for it."""
-    import cryptography.x509  # noqa: F401
-
-    import chardev_bridge.qemu.dn  # noqa: F401
-
-
-class CRLFile(NamedTuple):
-    """A server's CRL and CA files as read when the credentials were checked."""
-
-    path: Path
-    crl_pem: bytes
-    ca_pem: bytes
-
-
-def read_crl(creds: X509Creds) -> CRLFile | None:
-    """The CRL of a server credential dir, read now and parsed by :func:`load_crl` when the
-    first peer is judged; None when there is none."""
+def load_crl(creds: X509Creds) -> x509.CertificateRevocationList | None:
+    """The CRL of a server credential dir, checked against its CA; None when there is none."""
     if creds.ca_crl is None:
         return None
-    return CRLFile(creds.ca_crl, creds.ca_crl.read_bytes(), creds.ca_cert.read_bytes())
-
-
-def load_crl(files: CRLFile) -> x509.CertificateRevocationList | None:
-    """The CRL, checked against its CA; None when the CA did not sign it."""
-    from cryptography import x509
-
-    from chardev_bridge.qemu._filechecks import crl_signed_by
-
     try:
-        crl = x509.load_pem_x509_crl(files.crl_pem)
+        crl = x509.load_pem_x509_crl(creds.ca_crl.read_bytes())
     except ValueError as exc:
-        raise CredentialError(f"cannot load CRL {files.path}: {exc}") from None
-    cas = x509.load_pem_x509_certificates(files.ca_pem)
+        raise CredentialError(f"cannot load CRL {creds.ca_crl}: {exc}") from None
+    cas = x509.load_pem_x509_certificates(creds.ca_cert.read_bytes())
     if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
         # QEMU loads such a CRL and it revokes nothing; `creds check` warns about it.
         return None
     return crl
-
-
-class PeerJudge:
-    """Judges each peer once its handshake is done (:func:`check_peer`). The CRL is parsed
-    at the first handshake, so that a bridge listens before it loads cryptography's x509."""
-
-    def __init__(self, policy: TLSPolicy, crl: CRLFile | None) -> None:
-        self.policy = policy
-        self._crl_file = crl
-
-    @functools.cached_property
-    def _crl(self) -> x509.CertificateRevocationList | None:
-        return load_crl(self._crl_file) if self._crl_file is not None else None
-
-    def __call__(self, info: TLSSessionInfo) -> PeerCert | None:
-        try:
-            crl = self._crl
-        except CredentialError as exc:
-            # Fail closed: without its revocation list no peer is let in.
-            raise PeerRejected(f"{exc}: no client is accepted until it loads") from None
-        return check_peer(
-            self.policy, crl, cert_der=info.peer_cert_der, version=info.version, cipher=info.cipher
-        )
 
 
 def check_peer(

@@ -16,17 +16,18 @@ from chardev_bridge.qemu.credfiles import (
     role_mismatch,
 )
 from chardev_bridge.qemu.policy import (
-    PeerJudge,
     TLSPolicy,
+    check_peer,
+    load_crl,
     load_x509_creds,
     make_ssl_context,
-    read_crl,
     server_hostname_for,
 )
 from chardev_bridge.qemu.priority import DEFAULT_PRIORITY, resolve_priority
 from chardev_bridge.qemu.settings import TLSSettings
 from chardev_bridge.tls.errors import describe_quick_rejection
-from chardev_bridge.tls.setup import TLSSetup
+from chardev_bridge.tls.setup import PeerCert, TLSSetup
+from chardev_bridge.tls.stream import TLSSessionInfo
 
 if TYPE_CHECKING:
     from chardev_bridge.qemu.authz import AuthzList
@@ -73,12 +74,18 @@ def build_tls_setup(cfg: TLSSettings, started: ChildCheck | None = None) -> TLSS
         authz=authz,
         priority=chosen.priority,
     )
-    crl = read_crl(policy.creds) if policy.endpoint == "server" else None
+    crl = load_crl(policy.creds) if policy.endpoint == "server" else None
+
+    def judge(info: TLSSessionInfo) -> PeerCert | None:
+        return check_peer(
+            policy, crl, cert_der=info.peer_cert_der, version=info.version, cipher=info.cipher
+        )
+
     return TLSSetup(
         context=make_ssl_context(policy),
         server_side=policy.endpoint == "server",
         server_hostname=server_hostname_for(policy, cfg.connect_host),
-        check_peer=PeerJudge(policy, crl),
+        check_peer=judge,
         silent_rejection=_silent_rejection(policy) if policy.endpoint == "client" else None,
         split_last_byte=cfg.split_last_byte,
         cert_not_after=checked.cert_not_after,

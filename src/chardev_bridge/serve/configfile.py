@@ -2,8 +2,8 @@
 
 A bridge's keys are the command line's long options without ``--``, with the same meanings
 and defaults: each table becomes the command line of one bridge and goes through the CLI's
-parser and checks (:func:`chardev_bridge.cli.config_from_argv`), so the file and the CLI
-share one vocabulary and one validation path. ``[defaults]`` gives any key to every bridge;
+parser and checks (:func:`chardev_bridge.bridge.options.config_from_argv`), so the file and
+the CLI share one vocabulary and one validation path. ``[defaults]`` gives any key to every bridge;
 a bridge's own value wins, and a default that does not apply to a bridge (``reconnect`` on a
 listening one) is left out for it. ``{name}`` in a string becomes the bridge's name.
 

@@ -24,7 +24,6 @@ import trio
 from chardev_bridge.bridge.config import BridgeConfig
 from chardev_bridge.common.logcontext import bridge_name
 from chardev_bridge.qemu.credfiles import CredentialError
-from chardev_bridge.qemu.policy import load_peer_checks
 from chardev_bridge.qemu.setup import PreparedTLS, ReloadableTLS, SetupCache
 from chardev_bridge.serve.configfile import ConfigFileError, ServeConfig, load_config
 from chardev_bridge.serve.statusmodel import ProcessStatus
@@ -70,10 +69,6 @@ def prepare(
     tls: dict[str, ReloadableTLS] = {}
     renewed: dict[str, PreparedTLS] = {}
     cache: SetupCache = {}
-    if any(cfg.tls_settings.creds is not None for cfg in config.bridges.values()):
-        # Each directory's checks run in a child forked from here: load x509 once here
-        # rather than once in every child.
-        load_peer_checks()
     for name, cfg in config.bridges.items():
         where = f"{path}: [bridge.{name}]"
         if cfg.listen_fd is not None and fds is not None:

@@ -1,8 +1,5 @@
-"""A certificate's distinguished name as gnutls, and so QEMU's ``tls-authz``, prints it.
-
-Only judging a peer and checking credentials need it: a bridge loads it (and cryptography's
-x509) once it listens.
-"""
+"""A certificate's distinguished name as gnutls, and so QEMU's ``tls-authz``, prints it:
+for the peer's log lines and allow-lists, and for the credential checks' info lines."""
 
 from __future__ import annotations
 

@@ -42,8 +42,8 @@ class ChildCheck:
         self.checks = (directory, endpoint, password)
         self._result: CheckResult | None = None
         read_end, write_end = os.pipe()
-        self._pid = os.fork()
-        if self._pid == 0:  # pragma: no cover (the child: its coverage is not collected)
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover (the child: its coverage is not collected)
             os.close(read_end)
             _report(write_end, directory, endpoint, password)
             os._exit(0)
@@ -55,7 +55,7 @@ class ChildCheck:
         if self._result is None:
             with os.fdopen(self._read_end, "rb") as pipe:
                 text = pipe.read().decode()
-            os.waitpid(self._pid, 0)
+            os.waitpid(self.pid, 0)
             self._result = _parse(text, self.checks[0])
         return self._result
 

@@ -35,8 +35,8 @@ class CheckResult(NamedTuple):
 
 
 class ChildCheck:
-    """:func:`~chardev_bridge.qemu.credcheck.check_creds` of one directory, running in a
-    forked child from the moment this is made; :meth:`result` waits for it."""
+    """:func:`~chardev_bridge.qemu.credcheck.check_creds_and_expiry` of one directory,
+    running in a forked child from the moment this is made; :meth:`result` waits for it."""
 
     def __init__(self, directory: Path, endpoint: Endpoint, *, password: bytes | None) -> None:
         self.checks = (directory, endpoint, password)
@@ -80,11 +80,10 @@ def _report(
 ) -> None:  # pragma: no cover (runs in the child)
     try:
         # Imported here, in the child: the parent never loads the checks at all.
-        from chardev_bridge.qemu.credcheck import cert_not_after, check_creds
+        from chardev_bridge.qemu.credcheck import check_creds_and_expiry
 
-        findings = check_creds(directory, endpoint, password=password)
+        findings, not_after = check_creds_and_expiry(directory, endpoint, password=password)
         records = [f"{f.level}{_FIELD}{f.message}" for f in findings]
-        not_after = cert_not_after(directory, endpoint)
         if not_after is not None:
             records.append(f"{_NOT_AFTER}{_FIELD}{not_after!r}")
         text = _RECORD.join(records)

@@ -42,6 +42,8 @@ class _Checker:
         self.password = password
         self.now = now
         self.findings: list[Finding] = []
+        # The endpoint's own certificate, once run() has loaded it.
+        self.leaf: x509.Certificate | None = None
 
     def add(self, level: Level, message: str) -> None:
         self.findings.append(Finding(level, message))
@@ -116,7 +118,7 @@ class _Checker:
         # The sanity check reads only files it can read (access(R_OK)).
         cert = None
         if cert_path and os.access(cert_path, os.R_OK):
-            cert = self.load_leaf(cert_path)
+            cert = self.leaf = self.load_leaf(cert_path)
         cas: list[x509.Certificate] = []
         if ca_path and os.access(ca_path, os.R_OK):
             cas = self.load_ca_list(ca_path)
@@ -168,12 +170,12 @@ def check_creds(
     return _Checker(os.fspath(directory), endpoint, password, when).run()
 
 
-def cert_not_after(directory: str | os.PathLike[str], endpoint: Endpoint) -> float | None:
-    """When the directory's own certificate (``server-cert.pem`` or ``client-cert.pem``)
-    expires, in unix time; None without a readable one."""
-    path = os.path.join(os.fspath(directory), f"{endpoint}-cert.pem")
-    try:
-        with open(path, "rb") as f:
-            return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
-    except (OSError, ValueError):
-        return None
+def check_creds_and_expiry(
+    directory: str | os.PathLike[str], endpoint: Endpoint, *, password: bytes | None = None
+) -> tuple[list[Finding], float | None]:
+    """:func:`check_creds`, and when the certificate it checked expires (unix time; None
+    without a loadable one), read from the one load of it."""
+    checker = _Checker(os.fspath(directory), endpoint, password, dt.datetime.now(dt.UTC))
+    findings = checker.run()
+    leaf = checker.leaf
+    return findings, leaf.not_valid_after_utc.timestamp() if leaf is not None else None

@@ -105,7 +105,7 @@ def check_crl(
     except ValueError as exc:
         return [Finding("error", f"Cannot load CRL '{path}': {parse_error(exc)}")]
     findings = []
-    if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
+    if not crl_signed_by_one_of(crl, cas):
         findings.append(
             Finding(
                 "warning",
@@ -169,8 +169,13 @@ def check_dh(path: str) -> list[Finding]:
     return []
 
 
-def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    """Whether ``ca`` signed ``crl`` (QEMU loads a CRL signed by another CA; it revokes nothing)."""
+def crl_signed_by_one_of(crl: x509.CertificateRevocationList, cas: list[x509.Certificate]) -> bool:
+    """Whether one of ``cas`` issued and signed ``crl`` (QEMU loads a CRL signed by another CA;
+    it revokes nothing)."""
+    return any(ca.subject == crl.issuer and _signed_by(crl, ca) for ca in cas)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
     key = ca.public_key()
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         return False

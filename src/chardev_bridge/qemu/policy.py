@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from chardev_bridge.qemu._filechecks import crl_signed_by
+from chardev_bridge.qemu._filechecks import crl_signed_by_one_of
 from chardev_bridge.qemu.credfiles import CredentialError, describe_unreadable
 from chardev_bridge.qemu.dn import qemu_dn
 from chardev_bridge.qemu.priority import (
@@ -217,7 +217,7 @@ def load_crl(creds: X509Creds) -> x509.CertificateRevocationList | None:
     except ValueError as exc:
         raise CredentialError(f"cannot load CRL {creds.ca_crl}: {exc}") from None
     cas = x509.load_pem_x509_certificates(creds.ca_cert.read_bytes())
-    if not any(ca.subject == crl.issuer and crl_signed_by(crl, ca) for ca in cas):
+    if not crl_signed_by_one_of(crl, cas):
         # QEMU loads such a CRL and it revokes nothing; `creds check` warns about it.
         return None
     return crl
